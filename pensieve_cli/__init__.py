@@ -1,0 +1,1 @@
+"""The ``pensieve`` command line."""

@@ -1,0 +1,142 @@
+"""The engine contract every backend (MLX, llama.cpp, scripted) implements, and the types that cross it.
+
+A backend only turns prompt tokens into a stream of sampled tokens. Everything shared — stop
+sequences, max_tokens, EOS, cancellation, timings, usage — lives once in
+:mod:`pensieve_server.engine.generation`, so both backends behave identically.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+
+class EngineError(RuntimeError):
+    """The engine failed while loading or generating; the server maps it to a 500 api_error."""
+
+
+class ModelLoadError(EngineError):
+    """A model could not be loaded (missing file, unsupported architecture, wrong engine)."""
+
+
+class Overloaded(EngineError):
+    """The request queue is full; the server answers 529 overloaded_error."""
+
+
+class Cancelled(EngineError):
+    """The client went away; generation stopped early."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one completion. ``top_k == 0`` and ``top_p == 1.0`` mean "off"."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the protocol layer needs to know about the loaded model to render and count prompts."""
+
+    name: str
+    context_length: int
+    chat_template: str
+    bos_token: str = ""
+    eos_token: str = ""
+    supports_vision: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sampled token and the text it completes (may be "" while a UTF-8 sequence is partial).
+
+    ``cached_tokens`` is set on the first step only: how many prompt tokens were reused from the
+    backend's prefix cache instead of being prefilled.
+    """
+
+    token: int
+    text: str
+    cached_tokens: int = 0
+
+
+@dataclass
+class Timings:
+    queued_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def ttft_s(self) -> float:
+        return self.queued_s + self.prefill_s
+
+
+@dataclass
+class Completion:
+    """The end of a generation: why it stopped and what it cost."""
+
+    stop_reason: str  # "end_turn" | "max_tokens" | "stop_sequence"
+    stop_sequence: str | None
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.output_tokens - 1) / self.timings.decode_s if self.timings.decode_s > 0 and self.output_tokens > 1 else 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        fresh = self.input_tokens - self.cached_tokens
+        return fresh / self.timings.prefill_s if self.timings.prefill_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text produced by the model, already cut at stop sequences."""
+
+    text: str
+
+
+Event = TextDelta | Completion
+
+
+class Backend(ABC):
+    """One loaded model in one inference library. Not thread-safe: one worker thread calls it."""
+
+    name: str = "backend"
+    device: str = "cpu"
+    info: ModelInfo
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of ``text`` as the model sees it; special tokens in the text are parsed, no BOS is added."""
+
+    @abstractmethod
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def is_stop_token(self, token: int) -> bool:
+        """True for end-of-sequence / end-of-turn tokens."""
+
+    @abstractmethod
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+        """Sample tokens after ``prompt`` until the caller stops iterating or ``cancel`` is set.
+
+        Implementations reuse their KV cache for the longest common prefix with earlier prompts.
+        The caller closes the iterator to stop early; backends must leave their cache consistent.
+        """
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the prefix/KV cache (for status and metrics)."""
+        return 0
+
+    def close(self) -> None:
+        """Free the model."""

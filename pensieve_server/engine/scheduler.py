@@ -1,0 +1,118 @@
+"""One worker thread owns a backend (MLX and llama.cpp are not thread-safe); requests queue in front.
+
+Each submitted job gets its own event queue, read by the HTTP thread. A full queue raises
+:class:`Overloaded` at once (the server answers 529, which Claude Code retries with backoff).
+Setting a job's cancel event stops it within one token, or drops it before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pensieve_server.engine.base import Backend, Cancelled, EngineError, Event, Overloaded, SamplingParams
+from pensieve_server.engine.generation import generate
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class Job:
+    prompt: Sequence[int]
+    params: SamplingParams
+    cancel: threading.Event = field(default_factory=threading.Event)
+    events: queue.Queue = field(default_factory=queue.Queue)
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None when ``timeout`` passes with nothing new (time to send a ping).
+
+        Raises the worker's exception on this thread.
+        """
+        try:
+            item = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _DONE:
+            raise _Finished
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def iter_events(self, timeout: float | None = None) -> Iterator[Event | None]:
+        """Events until the job is finished; yields None every ``timeout`` seconds of silence."""
+        while True:
+            try:
+                yield self.next_event(timeout)
+            except _Finished:
+                return
+
+
+class _Finished(Exception):
+    pass
+
+
+class Scheduler:
+    """FIFO queue of jobs in front of a single worker thread that owns ``backend``."""
+
+    def __init__(self, backend: Backend, queue_size: int = 16) -> None:
+        self.backend = backend
+        self.queue_size = queue_size
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self.active: Job | None = None
+        self._thread = threading.Thread(target=self._run, name=f"engine-{backend.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting, not counting the one running."""
+        return self._waiting
+
+    def submit(self, prompt: Sequence[int], params: SamplingParams) -> Job:
+        with self._lock:
+            if self._waiting >= self.queue_size:
+                raise Overloaded(f"{self._waiting} requests are already waiting for the model; try again shortly")
+            self._waiting += 1
+        job = Job(prompt, params)
+        self._jobs.put(job)
+        return job
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            with self._lock:
+                self._waiting -= 1 if job is not None else 0
+            if job is None:
+                return
+            if job.cancel.is_set():
+                job.events.put(Cancelled("client disconnected before generation started"))
+                job.events.put(_DONE)
+                continue
+            self.active = job
+            queued_s = time.perf_counter() - job.submitted_at
+            try:
+                for event in generate(self.backend, job.prompt, job.params, job.cancel, queued_s):
+                    job.events.put(event)
+            except Cancelled as exc:
+                job.events.put(exc)
+            except EngineError as exc:
+                log.error("generation failed: %s", exc)
+                job.events.put(exc)
+            except Exception as exc:  # noqa: BLE001 - any backend bug becomes an api_error, not a dead worker
+                log.exception("generation failed")
+                job.events.put(EngineError(f"generation failed: {type(exc).__name__}: {exc}"))
+            finally:
+                self.active = None
+                job.events.put(_DONE)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)
