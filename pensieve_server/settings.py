@@ -105,6 +105,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tiers.opus", str, "", "local model answering claude-*opus* names (empty: default model)"),
     Option("tiers.sonnet", str, "", "local model answering claude-*sonnet* names (empty: default model)"),
     Option("tiers.haiku", str, "", "local model answering claude-*haiku* names (empty: default model)"),
+    Option("temperature", float, 0.2, "sampling temperature for requests that do not set one"),
     Option("context_policy", str, "auto", "what to do with prompts longer than the context", ("auto", "fit", "strict")),
     Option("context_length", int, 0, "cap on the context window in tokens (0: the model's own)"),
     Option("max_body_bytes", int, 32 * 1024 * 1024, "largest accepted request body"),
@@ -175,6 +176,7 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     engine: str = "auto"
     tiers: Mapping[str, str] = field(default_factory=dict)
+    temperature: float = 0.2
     context_policy: str = "auto"
     context_length: int = 0
     max_body_bytes: int = 32 * 1024 * 1024

@@ -1,0 +1,81 @@
+"""``pensieve serve``: the API server in the foreground (Ctrl-C stops it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pensieve_cli.context import settings_from_args
+from pensieve_cli.errors import CliError, ExitStatus
+
+SERVE_FLAGS = {"host": "host", "port": "port", "default_model": "model", "engine": "engine",
+               "context_length": "context_length", "log_level": "log_level"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the API server in the foreground",
+        description="Serve the Anthropic Messages API on a local model until Ctrl-C.",
+        epilog="examples:\n  pensieve serve\n  pensieve serve --port 8080 --model qwen2.5-coder-7b",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_server_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 7777)")
+    parser.add_argument("--model", help="local model to serve by default (default smollm2-135m)")
+    parser.add_argument("--engine", choices=("auto", "mlx", "llamacpp"), help="inference engine (default auto)")
+    parser.add_argument("--context-length", type=int, dest="context_length", help="cap the context window")
+    parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pensieve_server.app import create_app
+    from pensieve_server.engine.base import EngineError
+    from pensieve_server.engine.pool import ModelPool
+    from pensieve_server.models.store import ModelStore
+    from pensieve_server.runner import PortInUse, build_server, serve_forever
+    from pensieve_server.secrets import ensure_token
+
+    settings = settings_from_args(args, SERVE_FLAGS)
+    configure_logging(settings.log_level)
+    log = logging.getLogger("pensieve")
+    if not settings.auth_token:
+        settings = settings.replace(auth_token=ensure_token(settings.paths.token_file))
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the server is reachable from other machines; every request needs the token",
+                    settings.host)
+    store = ModelStore(settings.paths.models_dir)
+    pool = ModelPool(settings, store)
+    try:
+        server = build_server(create_app(settings, pool), settings)
+    except PortInUse as exc:
+        raise CliError(str(exc)) from None
+    try:
+        model = pool.get(settings.default_model)
+    except EngineError as exc:
+        server.close()
+        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
+    print(
+        f"Pensieve serving {model.entry.name} on {model.engine} ({model.backend.device}) "
+        f"at {settings.base_url} — Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve_forever(server, on_stop=pool.close)
+    return ExitStatus.OK
+
+

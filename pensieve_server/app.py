@@ -1,0 +1,40 @@
+"""``create_app(settings, pool)``: the Flask app, built from resolved settings; reads no files itself."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from flask import Flask
+
+from pensieve_server.engine.pool import ModelPool
+from pensieve_server.http.errors import register_error_handlers
+from pensieve_server.http.guard import install_guards
+from pensieve_server.metrics import Metrics
+from pensieve_server.settings import Settings
+
+
+@dataclass
+class ServerState:
+    """What every route needs, hung on ``app.extensions["pensieve"]``."""
+
+    settings: Settings
+    pool: ModelPool
+    metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=time.time)
+
+
+def create_app(settings: Settings, pool: ModelPool) -> Flask:
+    from pensieve_server.http.messages import messages
+    from pensieve_server.http.meta import meta
+
+    app = Flask("pensieve_server")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # Anthropic's field order, as the SDKs print it
+    app.json.compact = True
+    app.extensions["pensieve"] = ServerState(settings, pool)
+    install_guards(app, settings)
+    register_error_handlers(app)
+    app.register_blueprint(meta)
+    app.register_blueprint(messages)
+    return app

@@ -1,0 +1,90 @@
+"""``/v1/messages`` and ``/v1/messages/count_tokens`` (any query string, e.g. ``?beta=true``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from pensieve_server.anthropic.errors import ApiError, InvalidRequest
+from pensieve_server.anthropic.sse import encode_event, error_event, ping_event
+from pensieve_server.anthropic.stream import fold_events
+from pensieve_server.service import MessagesService
+
+log = logging.getLogger(__name__)
+messages = Blueprint("messages", __name__)
+
+
+def _service() -> MessagesService:
+    state = current_app.extensions["pensieve"]
+    service = current_app.extensions.get("pensieve.service")
+    if service is None:
+        service = MessagesService(state.settings, state.pool, state.metrics)
+        current_app.extensions["pensieve.service"] = service
+    return service
+
+
+def _json_body() -> Any:
+    content_type = request.mimetype or ""
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise InvalidRequest(f"Content-Type must be application/json, got {content_type!r}")
+    data = request.get_data(cache=False)
+    if not data:
+        raise InvalidRequest("request body is empty: expected a JSON object")
+    import json
+
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+@messages.route("/v1/messages", methods=["POST"])
+def create_message():
+    service = _service()
+    prepared = service.prepare(_json_body())
+    job = service.submit(prepared)
+    headers = {"pensieve-model": prepared.model.entry.name}
+    if prepared.fit_actions:
+        headers["pensieve-context-fit"] = "; ".join(prepared.fit_actions)[:1000]
+    if prepared.request.stream:
+        interval = current_app.extensions["pensieve"].settings.ping_interval
+
+        def stream():
+            events = service.events(prepared, job, ping_interval=interval)
+            try:
+                for item in events:
+                    yield ping_event() if item is None else encode_event(*item)
+            except ApiError as exc:
+                yield error_event(exc.error_type, exc.message)
+            finally:
+                events.close()
+
+        return Response(
+            stream_with_context(stream()),
+            mimetype="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    events = service.events(prepared, job)
+    try:
+        message = fold_events(item for item in events if item is not None)
+    finally:
+        events.close()
+    response = jsonify(message)
+    response.headers.update(headers)
+    return response
+
+
+@messages.route("/v1/messages/count_tokens", methods=["POST"])
+def count_tokens():
+    return jsonify({"input_tokens": _service().count_tokens(_json_body())})
+
+
+@messages.after_app_request
+def record(response: Response) -> Response:
+    state = current_app.extensions["pensieve"]
+    route = request.url_rule.rule if request.url_rule else "unknown"
+    state.metrics.record_request(route, response.status_code)
+    log.debug("%s %s %s %s", g.get("request_id"), request.method, request.path, response.status_code)
+    return response

@@ -1,0 +1,189 @@
+"""From a decoded request body to engine work and back: the Messages pipeline without Flask.
+
+parse → map the model name → load → fit the context → render → tokenize → queue → stream events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pensieve_server.anthropic.errors import (
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    ServerOverloaded,
+)
+from pensieve_server.anthropic.fitting import fit_request
+from pensieve_server.anthropic.model_names import resolve_model_name
+from pensieve_server.anthropic.render import render_prompt
+from pensieve_server.anthropic.stream import MessageAssembler
+from pensieve_server.anthropic.tools import ToolCallEnd, ToolCallParser, ToolCallStart, ToolCallDelta, TextPiece
+from pensieve_server.anthropic.types import MessagesRequest
+from pensieve_server.anthropic.validate import parse_count_tokens_request, parse_messages_request
+from pensieve_server.engine.base import (
+    Cancelled,
+    Completion,
+    EngineError,
+    ModelLoadError,
+    Overloaded,
+    SamplingParams,
+    TextDelta,
+)
+from pensieve_server.engine.pool import LoadedModel, ModelPool
+from pensieve_server.engine.scheduler import Job
+from pensieve_server.metrics import Metrics
+from pensieve_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A request ready for the engine: fitted, rendered and tokenized."""
+
+    request: MessagesRequest
+    model: LoadedModel
+    prompt: list[int]
+    params: SamplingParams
+    fit_actions: list[str] = field(default_factory=list)
+
+
+class MessagesService:
+    def __init__(self, settings: Settings, pool: ModelPool, metrics: Metrics) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+
+    # -- preparing --------------------------------------------------------------------------------
+    def load_model(self, requested: str) -> LoadedModel:
+        names = self.pool.names()
+        local = resolve_model_name(requested, names, self.settings.tiers, self.settings.default_model)
+        try:
+            return self.pool.get(local)
+        except ModelLoadError as exc:
+            if local not in names:
+                raise NotFound(f"model: {requested} (available: {', '.join(names) or 'none'})") from None
+            raise InternalError(f"could not load model {local!r}: {exc}") from None
+
+    def _check_content(self, request: MessagesRequest, model: LoadedModel) -> None:
+        if model.info.supports_vision:
+            return
+        for index, message in enumerate(request.messages):
+            for block in message["content"]:
+                if _has_image(block):
+                    raise InvalidRequest(
+                        f"messages.{index}.content: model {model.entry.name!r} does not accept images"
+                    )
+
+    def _count(self, model: LoadedModel):
+        return lambda request: model.count_tokens(render_prompt(request, model.info))
+
+    def prepare(self, body: Any) -> Prepared:
+        request = parse_messages_request(
+            body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
+        )
+        model = self.load_model(request.model)
+        self._check_content(request, model)
+        context = model.info.context_length
+        if self.settings.context_policy == "strict" and request.max_tokens > context:
+            raise InvalidRequest(
+                f"max_tokens: {request.max_tokens} > {context}, which is the maximum allowed for "
+                f"model {model.entry.name}"
+            )
+        fit = fit_request(
+            request,
+            count_tokens=self._count(model),
+            context_length=context,
+            policy=self.settings.context_policy,
+        )
+        if fit.actions:
+            log.info("context fitting for %s: %s", model.entry.name, "; ".join(fit.actions))
+        prompt = model.backend.tokenize(render_prompt(fit.request, model.info))
+        params = SamplingParams(
+            max_tokens=max(1, min(fit.max_tokens, context - len(prompt))),
+            temperature=self.settings.temperature if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=0 if request.top_k is None else request.top_k,
+            stop_sequences=tuple(request.stop_sequences),
+        )
+        return Prepared(fit.request, model, prompt, params, fit.actions)
+
+    def count_tokens(self, body: Any) -> int:
+        request = parse_count_tokens_request(body)
+        model = self.load_model(request.model)
+        return self._count(model)(request)
+
+    def submit(self, prepared: Prepared) -> Job:
+        try:
+            return prepared.model.scheduler.submit(prepared.prompt, prepared.params)
+        except Overloaded as exc:
+            raise ServerOverloaded(str(exc)) from None
+
+    # -- running ----------------------------------------------------------------------------------
+    def events(self, prepared: Prepared, job: Job, ping_interval: float | None = None
+               ) -> Iterator[tuple[str, dict] | None]:
+        """Anthropic stream events for ``job``; None where a keepalive ping is due.
+
+        Raises ApiError for engine failures. Closing the iterator (client gone) cancels the job.
+        """
+        request = prepared.request
+        tools = request.tools if (request.tool_choice or {}).get("type") != "none" else []
+        assembler = MessageAssembler(
+            model=request.model,
+            input_tokens=len(prepared.prompt),
+            tools=tools,
+        )
+        parser = ToolCallParser(tools)
+        try:
+            yield from assembler.start()
+            for event in job.iter_events(timeout=ping_interval):
+                if event is None:
+                    yield None
+                elif isinstance(event, TextDelta):
+                    for piece in parser.feed(event.text):
+                        yield from _assemble(assembler, piece)
+                elif isinstance(event, Completion):
+                    for piece in parser.finish():
+                        yield from _assemble(assembler, piece)
+                    self._record(event)
+                    yield from assembler.finish(event)
+        except Cancelled:
+            return
+        except EngineError as exc:
+            raise InternalError(str(exc)) from None
+        finally:
+            job.cancel.set()
+
+    def _record(self, completion: Completion) -> None:
+        self.metrics.record_generation(
+            completion.input_tokens,
+            completion.output_tokens,
+            completion.cached_tokens,
+            completion.timings.ttft_s,
+            completion.decode_tokens_per_s,
+        )
+
+
+def _assemble(assembler: MessageAssembler, piece) -> Iterator[tuple[str, dict]]:
+    if isinstance(piece, TextPiece):
+        yield from assembler.on_text(piece.text)
+    elif isinstance(piece, ToolCallStart):
+        yield from assembler.on_tool_start(piece.id, piece.name)
+    elif isinstance(piece, ToolCallDelta):
+        yield from assembler.on_tool_delta(piece.partial_json)
+    elif isinstance(piece, ToolCallEnd):
+        yield from assembler.on_tool_end(piece.input)
+
+
+def _has_image(block: dict) -> bool:
+    if block.get("type") == "image":
+        return True
+    content = block.get("content")
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in content)
+
+
+__all__ = ["ApiError", "MessagesService", "Prepared"]
