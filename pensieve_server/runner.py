@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
@@ -69,8 +70,6 @@ def serve_forever(server, on_stop: Callable[[], None] | None = None) -> None:
 def stop_server(server) -> None:
     from waitress import wasyncore
 
-    try:
+    with contextlib.suppress(Exception):  # best effort during shutdown
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-    except Exception:  # noqa: BLE001 - best effort during shutdown
-        pass
     wasyncore.close_all(server._map)

@@ -21,9 +21,13 @@ from pensieve_server.anthropic.fitting import fit_request
 from pensieve_server.anthropic.model_names import resolve_model_name
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.stream import MessageAssembler
-from pensieve_server.anthropic.tools import ToolCallEnd, ToolCallParser, ToolCallStart, ToolCallDelta, TextPiece
+from pensieve_server.anthropic.tools import ToolCallParser
 from pensieve_server.anthropic.types import MessagesRequest
-from pensieve_server.anthropic.validate import parse_count_tokens_request, parse_messages_request
+from pensieve_server.anthropic.validate import (
+    is_server_tool,
+    parse_count_tokens_request,
+    parse_messages_request,
+)
 from pensieve_server.engine.base import (
     Cancelled,
     Completion,
@@ -83,9 +87,9 @@ class MessagesService:
         return lambda request: model.count_tokens(render_prompt(request, model.info))
 
     def prepare(self, body: Any) -> Prepared:
-        request = parse_messages_request(
+        request = _without_server_tools(parse_messages_request(
             body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
-        )
+        ))
         model = self.load_model(request.model)
         self._check_content(request, model)
         context = model.info.context_length
@@ -113,7 +117,9 @@ class MessagesService:
         return Prepared(fit.request, model, prompt, params, fit.actions)
 
     def count_tokens(self, body: Any) -> int:
-        request = parse_count_tokens_request(body)
+        request = _without_server_tools(parse_count_tokens_request(
+            body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
+        ))
         model = self.load_model(request.model)
         return self._count(model)(request)
 
@@ -145,10 +151,10 @@ class MessagesService:
                     yield None
                 elif isinstance(event, TextDelta):
                     for piece in parser.feed(event.text):
-                        yield from _assemble(assembler, piece)
+                        yield from assembler.on_piece(piece)
                 elif isinstance(event, Completion):
                     for piece in parser.finish():
-                        yield from _assemble(assembler, piece)
+                        yield from assembler.on_piece(piece)
                     self._record(event)
                     yield from assembler.finish(event)
         except Cancelled:
@@ -168,15 +174,11 @@ class MessagesService:
         )
 
 
-def _assemble(assembler: MessageAssembler, piece) -> Iterator[tuple[str, dict]]:
-    if isinstance(piece, TextPiece):
-        yield from assembler.on_text(piece.text)
-    elif isinstance(piece, ToolCallStart):
-        yield from assembler.on_tool_start(piece.id, piece.name)
-    elif isinstance(piece, ToolCallDelta):
-        yield from assembler.on_tool_delta(piece.partial_json)
-    elif isinstance(piece, ToolCallEnd):
-        yield from assembler.on_tool_end(piece.input)
+def _without_server_tools(request: MessagesRequest) -> MessagesRequest:
+    """Anthropic-hosted tools (web search, code execution) cannot run locally: the model never sees them."""
+    if not any(is_server_tool(tool) for tool in request.tools):
+        return request
+    return request.replace(tools=[tool for tool in request.tools if not is_server_tool(tool)])
 
 
 def _has_image(block: dict) -> bool:

@@ -138,5 +138,5 @@ class Backend(ABC):
         """Bytes held by the prefix/KV cache (for status and metrics)."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Free the model."""

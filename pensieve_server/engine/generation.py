@@ -6,7 +6,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
-from pensieve_server.engine.base import Backend, Cancelled, Completion, Event, SamplingParams, TextDelta, Timings
+from pensieve_server.engine.base import (
+    Backend,
+    Cancelled,
+    Completion,
+    Event,
+    SamplingParams,
+    TextDelta,
+    Timings,
+)
 
 
 class StopSequenceFilter:
