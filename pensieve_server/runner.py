@@ -68,8 +68,21 @@ def serve_forever(server, on_stop: Callable[[], None] | None = None) -> None:
 
 
 def stop_server(server) -> None:
+    """Close every connection. From another thread, the closing runs inside the server's own loop
+    (via its trigger) so the loop never selects on a closed socket; the loop then ends by itself."""
     from waitress import wasyncore
 
     with contextlib.suppress(Exception):  # best effort during shutdown
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-    wasyncore.close_all(server._map)
+    if getattr(server, "_serving_thread", None) not in (None, threading.current_thread()):
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    else:
+        wasyncore.close_all(server._map)
+
+
+def run_in_thread(server) -> threading.Thread:
+    """Serve from a daemon thread (tests, benchmarks); stop with :func:`stop_server`."""
+    thread = threading.Thread(target=server.run, name="pensieve-http", daemon=True)
+    server._serving_thread = thread
+    thread.start()
+    return thread

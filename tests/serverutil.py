@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pensieve_server.app import create_app
 from pensieve_server.engine.base import Backend
 from pensieve_server.engine.pool import ModelPool
 from pensieve_server.models.store import ModelStore
-from pensieve_server.runner import build_server, stop_server
+from pensieve_server.runner import build_server, run_in_thread, stop_server
 from pensieve_server.settings import Settings, load_settings
 
 TEST_TOKEN = "pensieve-test-token"
@@ -54,8 +53,7 @@ def running_server(
         pool.add(name, backend, engine=backend.name)
     app = create_app(settings, pool)
     server = build_server(app, settings, port=0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    thread = run_in_thread(server)
     try:
         yield RunningServer(f"http://127.0.0.1:{server.effective_port}", TEST_TOKEN, settings, pool, app)
     finally:
