@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pensieve_server.anthropic.errors import (
@@ -54,6 +54,7 @@ class Prepared:
     prompt: list[int]
     params: SamplingParams
     fit_actions: list[str] = field(default_factory=list)
+    requested_max_tokens: int = 0  # the client's max_tokens, before the context capped it
 
 
 class MessagesService:
@@ -113,8 +114,9 @@ class MessagesService:
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=0 if request.top_k is None else request.top_k,
             stop_sequences=tuple(request.stop_sequences),
+            repeat_penalty=self.settings.repeat_penalty,
         )
-        return Prepared(fit.request, model, prompt, params, fit.actions)
+        return Prepared(fit.request, model, prompt, params, fit.actions, request.max_tokens)
 
     def count_tokens(self, body: Any) -> int:
         request = _without_server_tools(parse_count_tokens_request(
@@ -155,6 +157,7 @@ class MessagesService:
                 elif isinstance(event, Completion):
                     for piece in parser.finish():
                         yield from assembler.on_piece(piece)
+                    event = _context_limited(event, prepared)
                     self._record(event)
                     yield from assembler.finish(event)
         except Cancelled:
@@ -172,6 +175,14 @@ class MessagesService:
             completion.timings.ttft_s,
             completion.decode_tokens_per_s,
         )
+
+
+def _context_limited(completion: Completion, prepared: Prepared) -> Completion:
+    """Say ``model_context_window_exceeded``, as Anthropic does, when the context window (not the
+    client's max_tokens) cut the answer short: "max_tokens" would blame the client's limit."""
+    if completion.stop_reason == "max_tokens" and prepared.params.max_tokens < prepared.requested_max_tokens:
+        return replace(completion, stop_reason="model_context_window_exceeded")
+    return completion
 
 
 def _without_server_tools(request: MessagesRequest) -> MessagesRequest:

@@ -106,6 +106,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tiers.sonnet", str, "", "local model answering claude-*sonnet* names (empty: default model)"),
     Option("tiers.haiku", str, "", "local model answering claude-*haiku* names (empty: default model)"),
     Option("temperature", float, 0.2, "sampling temperature for requests that do not set one"),
+    Option("repeat_penalty", float, 1.1, "penalty on recently generated tokens (1.0: off); keeps small models out of loops"),
     Option("context_policy", str, "auto", "what to do with prompts longer than the context", ("auto", "fit", "strict")),
     Option("context_length", int, 0, "cap on the context window in tokens (0: the model's own)"),
     Option("max_body_bytes", int, 32 * 1024 * 1024, "largest accepted request body"),
@@ -177,6 +178,7 @@ class Settings:
     engine: str = "auto"
     tiers: Mapping[str, str] = field(default_factory=dict)
     temperature: float = 0.2
+    repeat_penalty: float = 1.1
     context_policy: str = "auto"
     context_length: int = 0
     max_body_bytes: int = 32 * 1024 * 1024

@@ -31,7 +31,11 @@ class Cancelled(EngineError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one completion. ``top_k == 0`` and ``top_p == 1.0`` mean "off"."""
+    """How to sample one completion. ``top_k == 0``, ``top_p == 1.0`` and ``repeat_penalty == 1.0`` mean "off".
+
+    ``repeat_penalty`` divides the logits of tokens among the last ``repeat_last_n`` generated ones:
+    small models otherwise fall into loops that run until the context is full.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -39,6 +43,8 @@ class SamplingParams:
     top_k: int = 0
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
 
 
 @dataclass(frozen=True)

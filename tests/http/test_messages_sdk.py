@@ -151,3 +151,26 @@ def test_bearer_token_is_accepted(server, scripted):
 def test_invalid_request_is_bad_request_error(client):
     with pytest.raises(anthropic.BadRequestError):
         client.messages.create(model="scripted", max_tokens=0, messages=[{"role": "user", "content": "x"}])
+
+
+def test_context_window_cut_is_model_context_window_exceeded_not_max_tokens():
+    """When the context, not the client's max_tokens, ends the answer, say so the way Anthropic does."""
+    from pensieve_server.engine.scripted import ScriptedBackend
+    from tests.serverutil import running_server
+
+    small = ScriptedBackend(context_length=120)
+    small.enqueue("z" * 500)
+    with running_server({"small": small}, context_policy="fit") as server:
+        client = anthropic.Anthropic(base_url=server.base_url, api_key=server.token, max_retries=0)
+        message = client.messages.create(model="small", max_tokens=16000, messages=[{"role": "user", "content": "x"}])
+    prompt_tokens = len(small.prompts[-1])
+    assert message.stop_reason == "model_context_window_exceeded"
+    assert message.usage.output_tokens == 120 - prompt_tokens
+
+
+def test_sampling_settings_reach_the_engine(server, client, scripted):
+    scripted.enqueue("ok")
+    client.messages.create(model="scripted", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    params = scripted.params[-1]
+    assert params.repeat_penalty == server.settings.repeat_penalty == 1.1
+    assert params.temperature == server.settings.temperature

@@ -1,0 +1,1 @@
+"""Pensieve's benchmark harness: ``python benchmarks/run.py`` (see benchmarks/README.md)."""

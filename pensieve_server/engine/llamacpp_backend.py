@@ -1,0 +1,329 @@
+"""The llama.cpp backend (llama-cpp-python): GGUF models on CPU, CUDA or Metal.
+
+One ``Llama`` object holds one live sequence in its KV cache. A new prompt reuses the longest
+common prefix with that sequence; when a prompt would throw away a large part of it (another
+conversation), the sequence is first saved to a small byte-bounded cache of states so that
+alternating between conversations does not re-prefill either of them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.scripted import CHATML_TEMPLATE
+from pensieve_server.models.store import ModelEntry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 1024**3
+N_BATCH = 512
+# Save the live sequence before a prompt discards at least this many of its tokens, or half of it:
+# small discards are the normal re-rendering of the last turn, not another conversation.
+SAVE_MIN_DISCARD = 256
+# Restore a saved state only when it beats the live sequence by this many tokens.
+RESTORE_MIN_GAIN = 16
+END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two token arrays."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+class StateCache:
+    """Saved KV states of whole sequences, least recently used evicted first, bounded in bytes."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.items: list[tuple[np.ndarray, bytes]] = []  # oldest first
+        self.bytes = 0
+
+    def best(self, prompt: np.ndarray) -> tuple[int, int]:
+        """``(index, shared)``: the saved state sharing the longest prefix with ``prompt``; (-1, 0) if none."""
+        found, shared = -1, 0
+        for index, (tokens, _) in enumerate(self.items):
+            n = common_prefix(tokens, prompt)
+            if n > shared:
+                found, shared = index, n
+        return found, shared
+
+    def take(self, index: int) -> tuple[np.ndarray, bytes]:
+        """The state at ``index``, marked most recently used."""
+        item = self.items.pop(index)
+        self.items.append(item)
+        return item
+
+    def covers(self, tokens: np.ndarray) -> bool:
+        return any(len(saved) >= len(tokens) and common_prefix(saved, tokens) == len(tokens) for saved, _ in self.items)
+
+    def add(self, tokens: np.ndarray, data: bytes) -> None:
+        if len(data) > self.limit_bytes:
+            return
+        # A state whose tokens are a prefix of the new one is superseded by it.
+        self.items = [(t, d) for t, d in self.items if not (len(t) <= len(tokens) and common_prefix(t, tokens) == len(t))]
+        self.items.append((tokens, data))
+        while sum(len(d) for _, d in self.items) > self.limit_bytes:
+            self.items.pop(0)
+        self.bytes = sum(len(d) for _, d in self.items)
+
+    def clear(self) -> None:
+        self.items, self.bytes = [], 0
+
+
+def _gpu_device() -> str:
+    """Which GPU backend llama.cpp was built with, from its system info."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    for marker, device in (("CUDA", "cuda"), ("Metal", "metal"), ("MTL", "metal"), ("Vulkan", "vulkan"),
+                           ("HIP", "rocm"), ("ROCm", "rocm"), ("SYCL", "sycl")):
+        if marker in info:
+            return device
+    return "metal" if sys.platform == "darwin" else "gpu"
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    def __init__(self, llama: Any, info: ModelInfo, device: str = "cpu", cache_bytes_limit: int = DEFAULT_CACHE_BYTES) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._llama = llama
+        self.info = info
+        self.device = device
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self._states = StateCache(cache_bytes_limit)
+        self._pieces: dict[int, bytes] = {}
+        self._bytes_per_token = 0
+        self._closed = False
+        self._stop_tokens = self._find_stop_tokens()
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        entry: ModelEntry,
+        context_length: int = 0,
+        n_threads: int | None = None,
+        cache_bytes_limit: int = DEFAULT_CACHE_BYTES,
+    ) -> LlamaCppBackend:
+        if entry.format == "mlx":
+            raise ModelLoadError(f"{entry.name} is an MLX-format model; llama.cpp runs GGUF files only. "
+                                 "Serve it with `--engine mlx` (or pull the GGUF version of the model)")
+        if entry.format != "gguf":
+            raise ModelLoadError(f"{entry.name} has format {entry.format!r}; llama.cpp runs GGUF files only")
+        if not entry.weights.is_file():
+            raise ModelLoadError(f"{entry.name}: weights file {entry.path} is missing; re-install the model")
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); pip install llama-cpp-python") from None
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(entry.weights),
+                n_ctx=max(context_length, 0),  # 0: the model's trained context
+                n_batch=N_BATCH,
+                n_ubatch=N_BATCH,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=-1 if offload else 0,
+                verbose=False,  # also sets llama.cpp's own log level to errors only
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {entry.name} from {entry.path}: {exc}") from None
+        metadata = llama.metadata
+        template = metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+        if "tokenizer.chat_template" not in metadata:
+            log.warning("%s has no chat template in its GGUF metadata; using ChatML", entry.name)
+        model = llama._model
+        bos, eos = llama.token_bos(), llama.token_eos()
+        info = ModelInfo(
+            name=entry.name,
+            context_length=llama.n_ctx(),
+            chat_template=template,
+            bos_token=model.token_get_text(bos) if bos >= 0 else "",
+            eos_token=model.token_get_text(eos) if eos >= 0 else "",
+        )
+        device = _gpu_device() if offload else "cpu"
+        return cls(llama, info, device, cache_bytes_limit)
+
+    def _find_stop_tokens(self) -> frozenset[int]:
+        """EOS plus every end-of-generation token: llama.cpp's EOG flag and known end-of-turn texts."""
+        lib, vocab, llama = self._lib, self._vocab, self._llama
+        stops = {t for t in (llama.token_eos(), llama._model.token_eot()) if t >= 0}
+        stops.update(t for t in range(llama.n_vocab()) if lib.llama_vocab_is_eog(vocab, t))
+        for text in END_OF_TURN_TEXTS:
+            tokens = llama.tokenize(text.encode(), add_bos=False, special=True)
+            if len(tokens) == 1 and lib.llama_vocab_is_control(vocab, tokens[0]):
+                stops.add(tokens[0])
+        return frozenset(stops)
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_stop_token(self, token: int) -> bool:
+        return token in self._stop_tokens
+
+    def _piece_bytes(self, token: int, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes ``token`` adds to the output (control tokens add none), cached."""
+        piece = self._pieces[token] = self._piece_bytes(token, special=False)
+        return piece
+
+    # -- generation --------------------------------------------------------------------------------
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+        if self._closed:
+            raise EngineError("the model was unloaded")
+        n_ctx = self.info.context_length
+        if len(prompt) == 0:
+            raise EngineError("empty prompt")
+        if len(prompt) >= n_ctx:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {n_ctx}")
+        llama = self._llama
+        tokens = np.asarray(prompt, dtype=np.intc)
+        sampler = self._make_sampler(params)
+        try:
+            cached = self._reuse_prefix(tokens)
+            for start in range(cached, len(tokens), N_BATCH):
+                if cancel.is_set():
+                    return
+                llama.eval(tokens[start : start + N_BATCH].tolist())
+            self._note_bytes_per_token()
+            yield from self._decode(sampler, cached, cancel, n_ctx)
+        except GeneratorExit:
+            raise
+        except Exception:
+            self._reset_live()  # the KV cache may no longer match input_ids
+            raise
+        finally:
+            self._lib.llama_sampler_free(sampler)
+
+    def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int) -> Iterator[Step]:
+        """The per-token loop: sample, yield, then evaluate the token (the last one is never evaluated)."""
+        llama, ctx, sample = self._llama, self._llama.ctx, self._lib.llama_sampler_sample
+        pieces, piece_of = self._pieces, self._piece
+        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # never splits a character
+        while not cancel.is_set():
+            token = sample(sampler, ctx, -1)
+            piece = pieces.get(token)
+            yield Step(token, decode(piece if piece is not None else piece_of(token)), cached)
+            cached = 0
+            if llama.n_tokens + 1 >= n_ctx:
+                return  # the context is full
+            llama.eval((token,))
+
+    def _make_sampler(self, params: SamplingParams) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.repeat_penalty != 1.0 and params.repeat_last_n > 0:
+            # Only generated tokens enter its history (llama_sampler_sample accepts each one), so
+            # the end-of-turn tokens all over the prompt are never penalised.
+            penalties = lib.llama_sampler_init_penalties(
+                self._llama.n_vocab(), params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
+            )
+            lib.llama_sampler_chain_add(chain, penalties)
+        if params.temperature <= 0 or params.top_k == 1:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
+        if 0 < params.top_p < 1:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
+        seed = lib.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- prefix cache ------------------------------------------------------------------------------
+    def _reuse_prefix(self, prompt: np.ndarray) -> int:
+        """Bring the KV cache to the longest available prefix of ``prompt``; return its length.
+
+        At least one prompt token is always left to evaluate, since sampling needs fresh logits.
+        """
+        llama = self._llama
+        live = llama.input_ids[: llama.n_tokens]
+        shared = common_prefix(live, prompt)
+        index, saved_shared = self._states.best(prompt)
+        discard = len(live) - shared
+        if discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= len(live)):
+            self._save_live()
+        if index >= 0 and saved_shared >= shared + RESTORE_MIN_GAIN:
+            tokens, data = self._states.take(index)
+            self._restore(tokens, data)
+            shared = saved_shared
+        keep = min(shared, len(prompt) - 1)
+        self._lib.llama_memory_seq_rm(self._memory(), 0, keep, -1)
+        llama.n_tokens = keep
+        return keep
+
+    def _memory(self) -> Any:
+        return self._lib.llama_get_memory(self._llama.ctx)
+
+    def _save_live(self) -> None:
+        llama, lib = self._llama, self._lib
+        tokens = llama.input_ids[: llama.n_tokens].copy()
+        if not len(tokens) or self._states.covers(tokens):
+            return
+        size = lib.llama_state_seq_get_size(llama.ctx, 0)
+        if size > self._states.limit_bytes:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(llama.ctx, buf, size, 0)
+        if written:
+            self._states.add(tokens, bytes(buf)[:written])
+
+    def _restore(self, tokens: np.ndarray, data: bytes) -> None:
+        llama, lib = self._llama, self._lib
+        lib.llama_memory_seq_rm(self._memory(), 0, -1, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not lib.llama_state_seq_set_data(llama.ctx, buf, len(data), 0):
+            self._reset_live()
+            raise EngineError("llama.cpp could not restore a saved prompt cache state")
+        llama.input_ids[: len(tokens)] = tokens
+        llama.n_tokens = len(tokens)
+
+    def _reset_live(self) -> None:
+        try:
+            self._lib.llama_memory_seq_rm(self._memory(), 0, -1, -1)
+        finally:
+            self._llama.n_tokens = 0
+
+    def _note_bytes_per_token(self) -> None:
+        """Measure KV bytes per token once, so cache_bytes() never has to touch the context."""
+        if not self._bytes_per_token and self._llama.n_tokens >= 16:
+            self._bytes_per_token = self._lib.llama_state_seq_get_size(self._llama.ctx, 0) // self._llama.n_tokens
+
+    def cache_bytes(self) -> int:
+        live = self._llama.n_tokens * self._bytes_per_token if not self._closed else 0
+        return self._states.bytes + live
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._states.clear()
+            self._pieces.clear()
+            self._llama.close()

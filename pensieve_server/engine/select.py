@@ -1,0 +1,182 @@
+"""Which engine runs a model here, and loading it.
+
+``auto`` picks MLX where it has a GPU (Apple Silicon Metal, or an MLX CUDA build) and llama.cpp
+everywhere else; MLX on a CPU is far slower than llama.cpp. Backends are imported lazily so that a
+machine without one of the libraries can still run the other.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+from functools import cache
+from typing import Any
+
+from pensieve_server.engine.base import Backend, ModelLoadError
+from pensieve_server.models.store import ModelEntry, ModelStore
+
+ENGINES = ("auto", "mlx", "llamacpp", "scripted")
+FORMATS = {"gguf": ("llamacpp", "mlx"), "mlx": ("mlx",)}
+
+
+def host() -> tuple[str, str]:
+    """``(sys.platform, machine)``; a function so tests can pretend to be another machine."""
+    return sys.platform, platform.machine()
+
+
+def is_apple_silicon() -> bool:
+    system, machine = host()
+    return system == "darwin" and machine == "arm64"
+
+
+@cache
+def mlx_device() -> str | None:
+    """Where MLX computes: "metal", "cuda" or "cpu"; None when MLX does not import."""
+    try:
+        import mlx.core as mx
+    except Exception:  # noqa: BLE001 - a broken install raises more than ImportError
+        return None
+    try:
+        if mx.metal.is_available():
+            return "metal"
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        cuda = getattr(mx, "cuda", None)
+        if cuda is not None and cuda.is_available():
+            return "cuda"
+    except Exception:  # noqa: BLE001
+        pass
+    return "cpu"
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+@cache
+def llamacpp_device() -> str | None:
+    """Where llama.cpp computes: "cpu" or its GPU backend; None when it does not import."""
+    try:
+        import llama_cpp
+    except Exception:  # noqa: BLE001
+        return None
+    if not llama_cpp.llama_supports_gpu_offload():
+        return "cpu"
+    from pensieve_server.engine.llamacpp_backend import _gpu_device
+
+    return _gpu_device()
+
+
+def _mlx_missing(why: str) -> ModelLoadError:
+    hint = "pip install mlx-lm" if is_apple_silicon() else "pip install 'mlx[cpu]' mlx-lm (slow on a CPU)"
+    return ModelLoadError(f"{why}, but MLX does not import on this machine; {hint}")
+
+
+def resolve_engine(requested: str, entry: ModelEntry | None) -> str:
+    """The engine that will run ``entry`` for a configured ``requested`` engine ("auto", "mlx", "llamacpp").
+
+    Raises ModelLoadError, saying what to do, when no engine here can run the model in that format.
+    """
+    requested = (requested or "auto").lower()
+    if requested not in ENGINES:
+        raise ModelLoadError(f"unknown engine {requested!r}; choose one of {', '.join(ENGINES[:3])}")
+    if requested == "scripted":
+        return "scripted"
+    fmt = entry.format if entry is not None else "gguf"
+    name = entry.name if entry is not None else "the model"
+    if fmt not in FORMATS:
+        raise ModelLoadError(f"{name} has format {fmt!r}, which no engine runs; re-install it")
+    if fmt == "mlx":
+        if requested == "llamacpp":
+            raise ModelLoadError(f"{name} is an MLX-format model and llama.cpp runs GGUF files only; "
+                                 "use --engine mlx (or auto), or pull the GGUF version of the model")
+        if mlx_device() is None:
+            raise _mlx_missing(f"{name} is an MLX-format model")
+        return "mlx"
+    if requested == "mlx":
+        if mlx_device() is None:
+            raise _mlx_missing("--engine mlx was asked for")
+        return "mlx"
+    if requested == "llamacpp":
+        if not llamacpp_available():
+            raise ModelLoadError("--engine llamacpp was asked for, but llama-cpp-python is not installed; "
+                                 "pip install llama-cpp-python")
+        return "llamacpp"
+    device = mlx_device()
+    if (device == "metal" and is_apple_silicon()) or device == "cuda":
+        return "mlx"
+    if llamacpp_available():
+        return "llamacpp"
+    if device is not None:
+        return "mlx"  # slow on a CPU, but better than nothing
+    raise ModelLoadError("no inference engine is installed; pip install llama-cpp-python (or mlx-lm)")
+
+
+def load_backend(
+    entry: ModelEntry,
+    engine: str,
+    store: ModelStore,
+    context_length: int = 0,
+    prefix_cache_bytes: int | None = None,
+) -> Backend:
+    """Load ``entry`` on ``engine`` (resolved first when it is "auto")."""
+    if engine == "auto":
+        engine = resolve_engine(engine, entry)
+    if engine == "scripted":
+        from pensieve_server.engine.scripted import ScriptedBackend
+
+        return ScriptedBackend(context_length or 200_000, name=entry.name)
+    resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
+    try:
+        if engine == "llamacpp":
+            from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, LlamaCppBackend
+
+            limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
+            return LlamaCppBackend.load(entry, context_length, cache_bytes_limit=limit)
+        from pensieve_server.engine.mlx_backend import MlxBackend
+    except ImportError as exc:
+        raise ModelLoadError(f"the {engine} engine does not import ({exc}); re-install Pensieve's dependencies") from None
+    return MlxBackend.load(entry, store, context_length)
+
+
+class DeviceSummary(dict):
+    """describe_device()'s answer: a dict for /health and --json, its summary when printed."""
+
+    def __str__(self) -> str:
+        return str(self.get("summary", ""))
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe_device() -> dict[str, Any]:
+    """The platform, which engines import and on which device each computes (for /health and doctor)."""
+    system, machine = host()
+    mlx, llamacpp = mlx_device(), llamacpp_device()
+    try:
+        default = resolve_engine("auto", None)
+    except ModelLoadError:
+        default = None
+    device = {"mlx": mlx, "llamacpp": llamacpp}.get(default or "") or "cpu"
+    words = {"metal": "Metal GPU", "cuda": "CUDA GPU", "cpu": f"CPU ({machine}, {os.cpu_count() or '?'} cores)"}
+    return DeviceSummary(
+        platform=system,
+        machine=machine,
+        cpu_count=os.cpu_count(),
+        engines={
+            "mlx": {"available": mlx is not None, "version": _version("mlx"), "device": mlx},
+            "llamacpp": {"available": llamacpp is not None, "version": _version("llama_cpp_python"),
+                         "device": llamacpp},
+        },
+        default_engine=default,
+        device=device,
+        summary=words.get(device, f"{device.upper()} GPU"),
+    )

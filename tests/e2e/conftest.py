@@ -1,0 +1,64 @@
+"""Fixtures for end-to-end tests: the real embedded model, the real server, the real Claude Code CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pensieve_server.engine.pool import ModelPool
+from pensieve_server.models.embedded import EMBEDDED_NAME
+from pensieve_server.models.store import ModelStore
+from pensieve_server.settings import load_settings
+from tests.serverutil import RunningServer, running_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def claude_binary() -> str:
+    """The pinned Claude Code CLI (.ci/run installs it into node_modules), else one on PATH."""
+    local = REPO / "node_modules" / ".bin" / "claude"
+    found = str(local) if local.exists() else shutil.which("claude")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("the Claude Code CLI is not installed; .ci/run installs it with npm")
+    pytest.skip("Claude Code CLI not installed (npm install @anthropic-ai/claude-code)")
+
+
+@pytest.fixture(scope="module")
+def llamacpp_server(tmp_path_factory) -> Iterator[RunningServer]:
+    """The embedded model on llama.cpp behind the real Waitress server, shared by a module.
+
+    Greedy sampling keeps the 135M model's answers reproducible for the same prompt.
+    """
+    home = tmp_path_factory.mktemp("pensieve-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PENSIEVE_HOME", str(home))
+        settings = load_settings({"engine": "llamacpp"})
+        pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
+        with running_server(pool=pool, engine="llamacpp", default_model=EMBEDDED_NAME, temperature=0.0) as server:
+            pool.get(EMBEDDED_NAME)
+            yield server
+        pool.close()
+
+
+def claude_env(server: RunningServer, home: Path) -> dict[str, str]:
+    """A clean environment for Claude Code pointed at ``server``, with its own HOME."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "TMPDIR", "SSL_CERT_FILE")}
+    return {
+        **keep,
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": server.base_url,
+        "ANTHROPIC_AUTH_TOKEN": server.token,
+        "API_TIMEOUT_MS": "3000000",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_THINKING": "1",
+    }

@@ -1,0 +1,206 @@
+"""The benchmark harness on fake numbers and a fake tokenizer: no model, no server, no timing checks.
+
+It keeps ``benchmarks/`` from rotting silently: plan building, the Claude Code replay rewrite, the
+streaming parsers and the report (figures, targets, Markdown, JSON) all run here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks import contenders, machine, report
+from benchmarks.clients import Sample, anthropic_stream, openai_stream
+from benchmarks.workloads import (
+    CapturedRequest,
+    PromptBuilder,
+    build_plan,
+    chatml,
+    find_fixture,
+    load_captured,
+    replay_request,
+    salt_for,
+    with_cch,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.fixture
+def builder() -> PromptBuilder:
+    return PromptBuilder(chatml, words, max_tokens=64)
+
+
+def test_plan_is_deterministic_and_sized(builder: PromptBuilder) -> None:
+    plan = build_plan(builder, quick=False)
+    again = build_plan(builder, quick=False)
+    assert [p.text for p in plan.chat_prompts] == [p.text for p in again.chat_prompts]
+    assert [p.key for p in plan.chat_prompts] == ["short", "sweep-512", "sweep-2048", "sweep-6000"]
+    for prompt, target in zip(plan.sweep, (512, 2048, 6000), strict=True):
+        salted = builder.salted(prompt, salt_for(prompt.key, 0))
+        assert target <= salted.prompt_tokens <= target + 40
+    assert plan.concurrency == (1, 4, 8) and plan.repetitions == 3 and plan.replay
+
+
+def test_salts_defeat_prefix_reuse_but_keep_the_length(builder: PromptBuilder) -> None:
+    plan = build_plan(builder, quick=True)
+    a, b = (builder.salted(plan.short, salt_for("short", rep)) for rep in (0, 1))
+    assert a.text != b.text and a.prompt_tokens == b.prompt_tokens
+    assert a.text.index(salt_for("short", 0)) < 30  # at the very start: nothing after it is shared
+    assert a.user == plan.short.user
+
+
+def test_quick_plan_gives_mlx_only_the_short_chat(builder: PromptBuilder) -> None:
+    plan = build_plan(builder, quick=True)
+    assert [p.key for p in plan.chat_prompts] == ["short", "sweep-512"] and plan.concurrency == (1, 4)
+    mlx = plan.for_engine("mlx", quick=True)
+    assert [p.key for p in mlx.chat_prompts] == ["short"] and not mlx.concurrency and not mlx.replay
+    assert plan.for_engine("llamacpp", quick=True) == plan
+    full = build_plan(builder, quick=False)
+    assert full.for_engine("mlx", quick=False).repetitions == 1 and full.for_engine("mlx", False).sweep == full.sweep
+
+
+def test_replay_rewrites_cch_token_and_max_tokens() -> None:
+    fixture = find_fixture(REPO)
+    captured = load_captured(fixture) if fixture else CapturedRequest(
+        "/v1/messages?beta=true", {"Host": "x", "Authorization": "Bearer tok", "x-app": "cli"},
+        {"system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1; cc_entrypoint=cli;"}],
+         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64000, "stream": True})
+    cold, warm = (replay_request(captured, cch, "bench", 64) for cch in ("aaaaa", "bbbbb"))
+    assert cold.body["max_tokens"] == 64 and cold.body["stream"] is True
+    assert "cch=aaaaa;" in cold.body["system"][0]["text"] and "cch=bbbbb;" in warm.body["system"][0]["text"]
+    assert cold.body["messages"] == captured.body["messages"] == warm.body["messages"]
+    assert cold.headers["Authorization"] == "Bearer bench"
+    assert not {"host", "content-length"} & {k.lower() for k in cold.headers}
+    assert captured.body["max_tokens"] != 64 or fixture is None  # the capture itself is untouched
+
+
+def test_with_cch_replaces_an_existing_value() -> None:
+    assert with_cch("x-anthropic-billing-header: a=1; cch=00000;", "12345") == "x-anthropic-billing-header: a=1; cch=12345;"
+    assert with_cch("x-anthropic-billing-header: a=1;", "12345") == "x-anthropic-billing-header: a=1; cch=12345;"
+
+
+def _sse(events: list[tuple[str | None, dict | str]]) -> bytes:
+    out = []
+    for event, data in events:
+        out.append((f"event: {event}\n" if event else "") + f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n")
+    return "".join(out).encode()
+
+
+def test_anthropic_stream_reads_deltas_and_usage() -> None:
+    body = _sse([
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 40, "cache_read_input_tokens": 7,
+                                                                            "output_tokens": 1}}}),
+        ("ping", {"type": "ping"}),
+        ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hel"}}),
+        ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "lo"}}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ])
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body)), base_url="http://t")
+    times = anthropic_stream(client, "/v1/messages", {}, {})
+    sample = times.sample("short", 0, prompt_tokens=999, output_tokens=999)
+    assert (times.text, sample.prompt_tokens, sample.cached_tokens, sample.output_tokens) == ("Hello", 40, 7, 2)
+    assert sample.ok and sample.ttft_s is not None and sample.decode_s is not None
+
+
+def test_openai_stream_handles_both_shapes_and_errors() -> None:
+    body = _sse([(None, {"choices": [{"text": "a"}]}), (None, {"choices": [{"delta": {"content": "b"}}]}),
+                 (None, {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 2}}), (None, "[DONE]")])
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body)), base_url="http://t")
+    times = openai_stream(client, "/v1/completions", {})
+    assert (times.text, times.input_tokens, times.output_tokens, times.deltas) == ("ab", 30, 2, 2)
+    failing = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(503, text="busy")), base_url="http://t")
+    sample = openai_stream(failing, "/v1/completions", {}).sample("short", 0, 10, 0)
+    assert not sample.ok and "503" in (sample.error or "")
+
+
+def _sample(workload: str, ttft: float, decode_tps: float, prompt: int, rep: int = 0, cached: int = 0) -> dict:
+    return Sample(workload, rep, ttft_s=ttft, decode_s=63 / decode_tps, total_s=ttft + 63 / decode_tps,
+                  prompt_tokens=prompt, cached_tokens=cached, output_tokens=64, deltas=64).to_json()
+
+
+def _contender(kind: str, engine: str, speed: float, replay: bool = False, concurrency: bool = True) -> dict:
+    prompts = {"short": 43, "sweep-512": 519, "sweep-2048": 2059, "sweep-6000": 6000}
+    samples = [_sample(key, 0.02 + n / (1000 * speed), 150 * speed, n, rep) for key, n in prompts.items() for rep in range(3)]
+    result = {"kind": kind, "engine": engine, "description": f"fake {kind}", "status": "ok", "reason": None,
+              "samples": samples, "concurrency": [], "replay": None, "notes": ["fake"], "startup_s": 1.5,
+              "peak_rss_bytes": 300 * 2**20}
+    if concurrency and kind != "raw":
+        result["concurrency"] = [{"streams": n, "aggregate_tps": 100 * speed * min(n, 2.5), "wall_s": 1.0}
+                                 for n in (1, 4, 8)]
+    if replay:
+        result["replay"] = {"cold": _sample("claude-code-cold", 6.0, 120, 7900),
+                            "warm": _sample("claude-code-warm", 0.3, 120, 12, cached=7888)}
+    return result
+
+
+def fake_run(builder: PromptBuilder) -> dict:
+    plan = build_plan(builder, quick=False)
+    return {
+        "schema": 1, "date": "2030-01-01", "started_at": "2030-01-01T00:00:00+00:00", "duration_s": 12.0,
+        "command": "python benchmarks/run.py", "quick": False, "plan": plan.describe(), "notes": ["fake numbers"],
+        "machine": machine.describe(REPO, "smoke-test"),
+        "contenders": {
+            "raw-llamacpp": _contender("raw", "llamacpp", 1.0),
+            "pensieve-llamacpp": _contender("pensieve", "llamacpp", 0.99, replay=True),
+            "llama-cpp-server": _contender("peer", "llamacpp", 0.9),
+            "raw-mlx": _contender("raw", "mlx", 0.1),
+            "pensieve-mlx": {"kind": "pensieve", "engine": "mlx", "status": "skipped", "reason": "no MLX here",
+                             "description": "fake"},
+            "mlx-lm-server": _contender("peer", "mlx", 0.1),
+        },
+    }
+
+
+def test_report_on_fake_numbers(builder: PromptBuilder, tmp_path: Path) -> None:
+    run = fake_run(builder)
+    summary = report.summarize(run)
+    assert set(summary["overhead"]) == {"pensieve-llamacpp vs raw-llamacpp"}
+    assert set(summary["peers"]) == {"pensieve-llamacpp vs llama-cpp-server"}
+    rows = summary["overhead"]["pensieve-llamacpp vs raw-llamacpp"]
+    assert [r["workload"] for r in rows] == ["short", "sweep-512", "sweep-2048", "sweep-6000"]
+    assert all(r["decode_ratio"] == pytest.approx(0.99) for r in rows)
+    marks = {(t["name"], t["subject"]): t["met"] for t in summary["targets"]}
+    assert marks[("warm Claude Code TTFT ≤ 10% of cold", "pensieve-llamacpp")] is True
+    assert marks[("4 concurrent ≥ 2× single-stream aggregate", "pensieve-llamacpp")] is True
+    assert marks[("decode ≥ 0.95× raw llama-cpp-python", "pensieve-llamacpp vs raw-llamacpp")] is True
+    assert marks[("decode ≥ 1.0× peer", "pensieve-llamacpp vs llama-cpp-server")] is True
+    md_path, json_path = report.write_reports(run, tmp_path)
+    markdown = md_path.read_text()
+    assert md_path.name == "2030-01-01-smoke-test.md" and json_path.name == "2030-01-01-smoke-test.json"
+    for heading in ("## Machine", "## Contenders", "## Targets", "## Single requests", "## Pensieve overhead",
+                    "## Pensieve vs peers", "## Claude Code request replayed", "## Concurrent streams"):
+        assert heading in markdown
+    assert "skipped: no MLX here" in markdown
+    assert json.loads(json_path.read_text())["summary"]["targets"]
+
+
+def test_report_survives_failures_and_an_empty_run(builder: PromptBuilder, tmp_path: Path) -> None:
+    run = fake_run(builder)
+    failed = Sample("short", 0, error="HTTP 500: boom").to_json()
+    run["contenders"]["pensieve-llamacpp"]["samples"] = [failed]
+    run["contenders"]["pensieve-llamacpp"]["replay"] = {"cold": failed, "warm": failed}
+    summary = report.summarize(run)
+    assert any(t["met"] is None for t in summary["targets"])
+    assert "1 failed" in report.render_markdown(run, summary)
+    run["contenders"] = {}
+    run["quick"] = True
+    md_path, _ = report.write_reports(run, tmp_path)
+    assert md_path.name.endswith("-quick.md") and "No target could be checked" in md_path.read_text()
+
+
+def test_contender_registry_and_cli_contract() -> None:
+    assert list(contenders.CONTENDERS) == ["raw-llamacpp", "pensieve-llamacpp", "llama-cpp-server",
+                                           "raw-mlx", "pensieve-mlx", "mlx-lm-server"]
+    assert all(cls.engine in ("llamacpp", "mlx") for cls in contenders.CONTENDERS.values())
+    assert 0 < contenders.free_port() < 65536
+    info = machine.describe(REPO)
+    assert {"cpu", "logical_cores", "ram_bytes", "os", "python", "versions", "git"} <= set(info)
