@@ -113,7 +113,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_messages", int, 10_000, "most messages accepted in one request"),
     Option("max_tools", int, 1_000, "most tool definitions accepted in one request"),
     Option("queue_size", int, 16, "requests that may wait for the engine before 529 overloaded"),
-    Option("parallel", int, 1, "requests generated at the same time"),
+    Option("parallel", int, 1, "requests generated together (llama.cpp batches them; MLX runs one at a time)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
     Option("prefix_cache_bytes", int, 1024 * 1024 * 1024, "memory the prefix (KV) cache may hold"),
     Option("ping_interval", float, 10.0, "seconds between SSE pings while the prompt is processed"),

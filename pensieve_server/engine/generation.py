@@ -12,6 +12,7 @@ from pensieve_server.engine.base import (
     Completion,
     Event,
     SamplingParams,
+    Step,
     TextDelta,
     Timings,
 )
@@ -54,6 +55,67 @@ class StopSequenceFilter:
         return out
 
 
+class Generation:
+    """One request's generation state, fed one sampled token at a time.
+
+    The sequential loop (:func:`generate`) and the batching scheduler both drive it, so stop
+    sequences, max_tokens, EOS, usage and timings behave the same whichever way tokens arrive.
+    """
+
+    def __init__(self, backend: Backend, prompt_tokens: int, params: SamplingParams, queued_s: float = 0.0) -> None:
+        self.backend = backend
+        self.params = params
+        self.prompt_tokens = prompt_tokens
+        self.timings = Timings(queued_s=queued_s)
+        self.stop_filter = StopSequenceFilter(params.stop_sequences)
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.stop_reason, self.stop_sequence = "end_turn", None
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.done = params.max_tokens <= 0
+        if self.done:
+            self.stop_reason = "max_tokens"
+
+    def on_step(self, step: Step) -> list[Event]:
+        """Events for one sampled token; the last list ends with the Completion (``done`` is then set)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            self.timings.prefill_s = self.first_token_at - self.started
+            self.cached_tokens = step.cached_tokens
+        if self.backend.is_stop_token(step.token):
+            self.stop_reason = "end_turn"
+            return self.finish()
+        self.output_tokens += 1
+        events: list[Event] = []
+        text = self.stop_filter.feed(step.text)
+        if text:
+            events.append(TextDelta(text))
+        if self.stop_filter.matched is not None:
+            self.stop_reason, self.stop_sequence = "stop_sequence", self.stop_filter.matched
+            return events + self.finish()
+        if self.output_tokens >= self.params.max_tokens:
+            self.stop_reason = "max_tokens"
+            return events + self.finish()
+        return events
+
+    def finish(self) -> list[Event]:
+        """The held-back text and the Completion: called at a stop, or when the backend ran out."""
+        self.done = True
+        events: list[Event] = []
+        if self.stop_sequence is None:
+            tail = self.stop_filter.flush()
+            if tail:
+                events.append(TextDelta(tail))
+        if self.first_token_at is not None:
+            self.timings.decode_s = time.perf_counter() - self.first_token_at
+        else:
+            self.timings.prefill_s = time.perf_counter() - self.started
+        events.append(Completion(self.stop_reason, self.stop_sequence, self.prompt_tokens, self.output_tokens,
+                                 self.cached_tokens, self.timings))
+        return events
+
+
 def generate(
     backend: Backend,
     prompt: Sequence[int],
@@ -66,51 +128,25 @@ def generate(
     Raises :class:`Cancelled` when ``cancel`` is set (checked after every token).
     """
     cancel = cancel or threading.Event()
-    timings = Timings(queued_s=queued_s)
-    stop_filter = StopSequenceFilter(params.stop_sequences)
-    output_tokens = 0
-    cached_tokens = 0
-    stop_reason, stop_sequence = "end_turn", None
-    started = time.perf_counter()
-    first_token_at: float | None = None
-    if params.max_tokens <= 0:
-        yield Completion("max_tokens", None, len(prompt), 0, 0, timings)
+    state = Generation(backend, len(prompt), params, queued_s)
+    if state.done:
+        yield from state.finish()
         return
     steps = backend.stream(prompt, params, cancel)
     try:
         for step in steps:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-                timings.prefill_s = first_token_at - started
-                cached_tokens = step.cached_tokens
             if cancel.is_set():
                 raise Cancelled("client disconnected")
-            if backend.is_stop_token(step.token):
-                stop_reason = "end_turn"
+            events = state.on_step(step)
+            if state.done:
                 break
-            output_tokens += 1
-            text = stop_filter.feed(step.text)
-            if text:
-                yield TextDelta(text)
-            if stop_filter.matched is not None:
-                stop_reason, stop_sequence = "stop_sequence", stop_filter.matched
-                break
-            if output_tokens >= params.max_tokens:
-                stop_reason = "max_tokens"
-                break
+            yield from events
         else:
             if cancel.is_set():
                 raise Cancelled("client disconnected")
+            events = state.finish()
     finally:
         close = getattr(steps, "close", None)
         if close is not None:
             close()
-    if stop_sequence is None:
-        tail = stop_filter.flush()
-        if tail:
-            yield TextDelta(tail)
-    if first_token_at is not None:
-        timings.decode_s = time.perf_counter() - first_token_at
-    else:
-        timings.prefill_s = time.perf_counter() - started
-    yield Completion(stop_reason, stop_sequence, len(prompt), output_tokens, cached_tokens, timings)
+    yield from events

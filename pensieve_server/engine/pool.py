@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pensieve_server.engine.base import Backend, ModelInfo, ModelLoadError
-from pensieve_server.engine.scheduler import Scheduler
+from pensieve_server.engine.scheduler import Scheduler, make_scheduler
 from pensieve_server.models.store import ModelEntry, ModelError, ModelStore
 from pensieve_server.settings import Settings
 
@@ -73,7 +73,7 @@ class ModelPool:
     def add(self, name: str, backend: Backend, engine: str = "custom") -> LoadedModel:
         """Register an already-built backend (tests use a scripted one; also handy for embedding)."""
         entry = ModelEntry(name, "custom", "", engine, backend.info.context_length, 0, "", True)
-        model = LoadedModel(entry, engine, backend, Scheduler(backend, self.settings.queue_size))
+        model = LoadedModel(entry, engine, backend, make_scheduler(backend, self.settings.queue_size))
         with self._lock:
             self._loaded[name] = model
         return model
@@ -87,9 +87,10 @@ class ModelPool:
             raise ModelLoadError(str(exc)) from None
         engine = resolve_engine(self.settings.engine, entry)
         started = time.perf_counter()
-        backend = load_backend(entry, engine, self.store, self.settings.context_length)
+        backend = load_backend(entry, engine, self.store, self.settings.context_length,
+                               self.settings.prefix_cache_bytes, self.settings.parallel)
         log.info("loaded %s on %s (%s) in %.1fs", name, engine, backend.device, time.perf_counter() - started)
-        return LoadedModel(entry, engine, backend, Scheduler(backend, self.settings.queue_size))
+        return LoadedModel(entry, engine, backend, make_scheduler(backend, self.settings.queue_size))
 
     def close(self) -> None:
         with self._lock:

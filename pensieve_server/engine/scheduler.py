@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pensieve_server.engine.base import Backend, Cancelled, EngineError, Event, Overloaded, SamplingParams
-from pensieve_server.engine.generation import generate
+from pensieve_server.engine.generation import Generation, generate
 
 log = logging.getLogger(__name__)
 
@@ -116,3 +116,91 @@ class Scheduler:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=5)
+
+
+class BatchScheduler(Scheduler):
+    """Up to ``backend.parallel`` jobs generate together, one batched decode step at a time.
+
+    Jobs start in arrival order as slots free up; a cancelled job leaves its slot before the next
+    step, so a client that disconnects frees it within one token.
+    """
+
+    def __init__(self, backend: Backend, queue_size: int = 16) -> None:
+        self.running: dict[int, tuple[Job, Generation]] = {}
+        super().__init__(backend, queue_size)
+
+    @property
+    def depth(self) -> int:
+        return self._waiting
+
+    def _admit(self, block: bool) -> bool:
+        """Move one queued job into a slot; False when the scheduler is closing."""
+        job = self._jobs.get() if block else self._jobs.get_nowait()
+        with self._lock:
+            self._waiting -= 1 if job is not None else 0
+        if job is None:
+            return False
+        if job.cancel.is_set():
+            self._end(job, Cancelled("client disconnected before generation started"))
+            return True
+        state = Generation(self.backend, len(job.prompt), job.params, time.perf_counter() - job.submitted_at)
+        if state.done:
+            self._end(job, *state.finish())
+            return True
+        try:
+            self.backend.admit(id(job), job.prompt, job.params)
+        except EngineError as exc:
+            self._end(job, exc)
+            return True
+        self.running[id(job)] = (job, state)
+        return True
+
+    def _end(self, job: Job, *events: object) -> None:
+        for event in events:
+            job.events.put(event)
+        job.events.put(_DONE)
+
+    def _finish(self, key: int, *events: object) -> None:
+        job, _ = self.running.pop(key)
+        self.backend.release(key)
+        self._end(job, *events)
+
+    def _run(self) -> None:
+        backend = self.backend
+        while True:
+            try:
+                while len(self.running) < backend.parallel:
+                    if not self._admit(block=not self.running):
+                        for key in list(self.running):
+                            self._finish(key, Cancelled("the server is shutting down"))
+                        return
+            except queue.Empty:
+                pass
+            for key, (job, _) in list(self.running.items()):
+                if job.cancel.is_set():
+                    self._finish(key, Cancelled("client disconnected"))
+            if not self.running:
+                continue
+            try:
+                steps = backend.step()
+            except Exception as exc:  # noqa: BLE001 - every running job gets the error; the worker lives on
+                log.exception("batched generation failed")
+                error = exc if isinstance(exc, EngineError) else EngineError(f"generation failed: {exc}")
+                for key in list(self.running):
+                    self._finish(key, error)
+                continue
+            for key, step in steps.items():
+                job, state = self.running[key]
+                events = state.finish() if step is None else state.on_step(step)
+                if state.done:
+                    self._finish(key, *events)
+                else:
+                    for event in events:
+                        job.events.put(event)
+
+
+def make_scheduler(backend: Backend, queue_size: int = 16) -> Scheduler:
+    """A batching scheduler for backends that decode several sequences at once, else a sequential one."""
+    if getattr(backend, "parallel", 1) > 1 and hasattr(backend, "step"):
+        return BatchScheduler(backend, queue_size)
+    return Scheduler(backend, queue_size)

@@ -122,8 +122,13 @@ def load_backend(
     store: ModelStore,
     context_length: int = 0,
     prefix_cache_bytes: int | None = None,
+    parallel: int = 1,
 ) -> Backend:
-    """Load ``entry`` on ``engine`` (resolved first when it is "auto")."""
+    """Load ``entry`` on ``engine`` (resolved first when it is "auto").
+
+    ``parallel`` > 1 gives llama.cpp a batched context that decodes that many requests together;
+    the MLX backend serves requests one at a time whatever it is.
+    """
     if engine == "auto":
         engine = resolve_engine(engine, entry)
     if engine == "scripted":
@@ -132,6 +137,10 @@ def load_backend(
         return ScriptedBackend(context_length or 200_000, name=entry.name)
     resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
     try:
+        if engine == "llamacpp" and parallel > 1:
+            from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
+
+            return LlamaCppBatchBackend.load_batched(entry, parallel, context_length)
         if engine == "llamacpp":
             from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, LlamaCppBackend
 

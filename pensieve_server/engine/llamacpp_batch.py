@@ -1,0 +1,239 @@
+"""Continuous batching on llama.cpp: several requests decode together in one context.
+
+One llama.cpp context with a unified KV cache holds ``parallel`` sequences ("slots", as in
+llama.cpp's own server). Every :meth:`LlamaCppBatchBackend.step` builds one ``llama_batch`` with
+the next token of each decoding sequence plus a chunk of any prompt still being prefilled, runs
+one ``llama_decode`` and samples each sequence from its own row of logits. A long prompt is
+prefilled in chunks between decode steps, so the other streams keep flowing while it loads.
+
+Slots keep their tokens after a request ends: a new request takes the free slot sharing the longest
+prefix with its prompt, or copies that prefix from any slot (KV cells are shared, not duplicated),
+so Claude Code's system prompt and tools are prefilled once for all of its parallel requests.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from pensieve_server.engine.base import EngineError, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend, common_prefix
+from pensieve_server.models.store import ModelEntry
+
+
+@dataclass
+class Slot:
+    """One llama.cpp sequence id and the tokens its KV cells hold."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    busy: bool = False
+    last_used: int = 0
+
+
+@dataclass
+class Running:
+    """A request in a slot: the prompt left to prefill, then one pending token per decode step."""
+
+    slot: Slot
+    sampler: Any
+    context_limit: int
+    pending: list[int]
+    cached: int
+    decoder: Any
+    first: bool = True
+
+
+class LlamaCppBatchBackend(LlamaCppBackend):
+    """The llama.cpp backend with ``parallel`` slots; :class:`BatchScheduler` drives :meth:`step`."""
+
+    def __init__(self, llama: Any, info: Any, device: str, parallel: int, ctx: Any) -> None:
+        super().__init__(llama, info, device, cache_bytes_limit=0)
+        self.parallel = parallel
+        self._ctx = ctx
+        self._slots = [Slot(i) for i in range(parallel)]
+        self._running: dict[Hashable, Running] = {}
+        self._batch = self._lib.llama_batch_init(N_BATCH + parallel, 0, 1)
+        self._kv_bytes_per_token = 0
+        self._admitted = 0
+
+    @classmethod
+    def load_batched(cls, entry: ModelEntry, parallel: int, context_length: int = 0,
+                     n_threads: int | None = None) -> LlamaCppBatchBackend:
+        """Load ``entry`` with a context of ``parallel`` × the per-request context length."""
+        # Llama() makes a context of its own; keep it tiny, generation runs in the batched one.
+        single = LlamaCppBackend.load(entry, 64, n_threads=n_threads, cache_bytes_limit=0)
+        lib, llama = single._lib, single._llama
+        per_request = context_length or llama._model.n_ctx_train()
+        params = llama.context_params
+        params.n_ctx = per_request * parallel
+        params.n_seq_max = parallel
+        params.kv_unified = True
+        params.n_batch = params.n_ubatch = N_BATCH + parallel
+        ctx = lib.llama_init_from_model(llama.model, params)
+        if not ctx:
+            single.close()
+            raise ModelLoadError(f"llama.cpp could not make a {parallel}-slot context for {entry.name}; "
+                                 "lower `parallel` or `context_length`")
+        return cls(llama, replace(single.info, context_length=per_request), single.device, parallel, ctx)
+
+    # -- the batch API -------------------------------------------------------------------------------
+    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:
+        """Start ``prompt`` in a free slot, reusing the longest cached prefix; prefill happens in step()."""
+        if len(prompt) == 0:
+            raise EngineError("empty prompt")
+        if len(prompt) >= self.info.context_length:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {self.info.context_length}")
+        free = [slot for slot in self._slots if not slot.busy]
+        if not free:
+            raise EngineError("no free slot")  # the scheduler admits at most `parallel` requests
+        tokens = list(prompt)
+        slot = self._pick(free, tokens)
+        shared = self._shared(slot, tokens)
+        donor = max(self._slots, key=lambda s: self._shared(s, tokens))
+        memory = self._lib.llama_get_memory(self._ctx)
+        if self._shared(donor, tokens) > shared + 16 and donor is not slot:
+            shared = self._shared(donor, tokens)
+            self._lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
+            self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, 0, shared)
+            slot.tokens = tokens[:shared]
+        keep = min(shared, len(tokens) - 1)  # sampling needs fresh logits from at least one token
+        self._lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
+        slot.tokens = slot.tokens[:keep]
+        slot.busy = True
+        self._admitted += 1
+        slot.last_used = self._admitted
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._running[key] = Running(slot, self._make_sampler(params), self.info.context_length,
+                                     tokens[keep:], keep, decoder)
+
+    def release(self, key: Hashable) -> None:
+        """End a request; its slot keeps the tokens for the next prompt that shares them."""
+        running = self._running.pop(key, None)
+        if running is not None:
+            running.slot.busy = False
+            self._lib.llama_sampler_free(running.sampler)
+
+    def active(self) -> int:
+        return len(self._running)
+
+    def step(self) -> dict[Hashable, Step | None]:
+        """One ``llama_decode`` over every running request; a Step for each that sampled a token.
+
+        A request whose context is full maps to None: the scheduler finishes it.
+        """
+        batch, lib = self._batch, self._lib
+        n = 0
+        rows: list[tuple[Hashable, Running, int]] = []
+        full: dict[Hashable, Step | None] = {}
+        budget = N_BATCH
+        # Decoding requests first (one token each), then prompt chunks in arrival order.
+        order = sorted(self._running.items(), key=lambda kv: len(kv[1].pending) > 1)
+        for key, running in order:
+            slot = running.slot
+            if len(slot.tokens) + 1 >= running.context_limit:
+                full[key] = None
+                continue
+            if len(running.pending) == 1:
+                take = running.pending
+            elif budget > 0:
+                take = running.pending[:budget]
+                budget -= len(take)
+            else:
+                continue
+            for index, token in enumerate(take):
+                batch.token[n] = token
+                batch.pos[n] = len(slot.tokens) + index
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                last = index == len(take) - 1 and len(take) == len(running.pending)
+                batch.logits[n] = 1 if last else 0
+                if last:
+                    rows.append((key, running, n))
+                n += 1
+            slot.tokens.extend(take)
+            running.pending = running.pending[len(take):]
+        if n == 0:
+            return full
+        batch.n_tokens = n
+        status = lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            self._reset_all()
+            raise EngineError(f"llama.cpp failed to decode a batch of {n} tokens (status {status})")
+        steps = full
+        for key, running, row in rows:
+            token = lib.llama_sampler_sample(running.sampler, self._ctx, row)
+            piece = self._pieces.get(token)
+            text = running.decoder.decode(piece if piece is not None else self._piece(token))
+            steps[key] = Step(token, text, running.cached if running.first else 0)
+            running.first = False
+            running.pending = [token]  # decoded (and cached) with the next step
+        self._note_kv_bytes()
+        return steps
+
+    # -- the single-request contract, on the same machinery --------------------------------------------
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+        key = object()
+        self.admit(key, prompt, params)
+        try:
+            while not cancel.is_set():
+                step = self.step().get(key, False)
+                if step is None:
+                    return
+                if step is not False:
+                    yield step
+        finally:
+            self.release(key)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def _pick(self, free: list[Slot], tokens: list[int]) -> Slot:
+        """The free slot sharing most of its tokens with ``tokens``; else the least recently used one,
+        so that one conversation does not wipe out another's cache for a few shared tokens."""
+        best = max(free, key=lambda s: self._shared(s, tokens))
+        shared = self._shared(best, tokens)
+        if shared and shared * 2 >= len(best.tokens):
+            return best
+        return min(free, key=lambda s: s.last_used)
+
+    def _shared(self, slot: Slot, tokens: list[int]) -> int:
+        if not slot.tokens:
+            return 0
+        return common_prefix(np.asarray(slot.tokens, dtype=np.intc), np.asarray(tokens, dtype=np.intc))
+
+    def _reset_all(self) -> None:
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+        for slot in self._slots:
+            slot.tokens = []
+
+    def _note_kv_bytes(self) -> None:
+        if not self._kv_bytes_per_token:
+            slot = max(self._slots, key=lambda s: len(s.tokens))
+            if len(slot.tokens) >= 16:
+                size = self._lib.llama_state_seq_get_size(self._ctx, slot.seq_id)
+                self._kv_bytes_per_token = size // len(slot.tokens)
+
+    def cache_bytes(self) -> int:
+        if self._closed:
+            return 0
+        # A prefix shared with an earlier slot is counted once, as llama.cpp stores it once.
+        seen: list[list[int]] = []
+        cells = 0
+        for slot in self._slots:
+            cells += len(slot.tokens) - max((common_prefix(np.asarray(o, dtype=np.intc),
+                                                           np.asarray(slot.tokens, dtype=np.intc))
+                                             for o in seen), default=0)
+            seen.append(slot.tokens)
+        return cells * self._kv_bytes_per_token
+
+    def close(self) -> None:
+        if not self._closed:
+            for key in list(self._running):
+                self.release(key)
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._ctx)
+        super().close()
