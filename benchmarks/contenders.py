@@ -316,7 +316,8 @@ class ServerContender(Contender):
 
 
 class Pensieve(ServerContender):
-    """``pensieve serve --engine X`` on its defaults, in a fresh PENSIEVE_HOME."""
+    """``pensieve serve --engine X --parallel 4`` in a fresh PENSIEVE_HOME (batching serves the
+    concurrency workload; everything else runs on Pensieve's defaults)."""
 
     kind = "pensieve"
     anthropic = True
@@ -324,7 +325,7 @@ class Pensieve(ServerContender):
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "pensieve_cli.main", "serve", "--engine", self.engine,
-                "--host", LOOPBACK, "--port", str(port)]
+                "--host", LOOPBACK, "--port", str(port), "--parallel", "4"]
 
     def env(self) -> dict[str, str]:
         return child_env({"PENSIEVE_HOME": str(self.ctx.pensieve_home), "PENSIEVE_AUTH_TOKEN": self.ctx.token},

@@ -10,7 +10,7 @@ from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 
 SERVE_FLAGS = {"host": "host", "port": "port", "default_model": "model", "engine": "engine",
-               "context_length": "context_length", "log_level": "log_level"}
+               "context_length": "context_length", "parallel": "parallel", "log_level": "log_level"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run the API server in the foreground",
         description="Serve the Anthropic Messages API on a local model until Ctrl-C.",
-        epilog="examples:\n  pensieve serve\n  pensieve serve --port 8080 --model qwen2.5-coder-7b",
+        epilog="examples:\n  pensieve serve\n  pensieve serve --port 8080 --model qwen2.5-coder-7b\n  pensieve serve --parallel 4",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_server_flags(parser)
@@ -31,6 +31,8 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local model to serve by default (default smollm2-135m)")
     parser.add_argument("--engine", choices=("auto", "mlx", "llamacpp"), help="inference engine (default auto)")
     parser.add_argument("--context-length", type=int, dest="context_length", help="cap the context window")
+    parser.add_argument("--parallel", type=int,
+                        help="requests generated together; llama.cpp batches them (default 1)")
     parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
 
 

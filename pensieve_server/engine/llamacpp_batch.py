@@ -1,14 +1,14 @@
 """Continuous batching on llama.cpp: several requests decode together in one context.
 
-One llama.cpp context with a unified KV cache holds ``parallel`` sequences ("slots", as in
+One llama.cpp context with one KV stream per sequence holds ``parallel`` sequences ("slots", as in
 llama.cpp's own server). Every :meth:`LlamaCppBatchBackend.step` builds one ``llama_batch`` with
 the next token of each decoding sequence plus a chunk of any prompt still being prefilled, runs
 one ``llama_decode`` and samples each sequence from its own row of logits. A long prompt is
 prefilled in chunks between decode steps, so the other streams keep flowing while it loads.
 
 Slots keep their tokens after a request ends: a new request takes the free slot sharing the longest
-prefix with its prompt, or copies that prefix from any slot (KV cells are shared, not duplicated),
-so Claude Code's system prompt and tools are prefilled once for all of its parallel requests.
+prefix with its prompt, or copies that prefix from a busy slot (a memory copy, much faster than prefilling it
+again), so Claude Code's system prompt and tools are prefilled once for its parallel requests.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ class LlamaCppBatchBackend(LlamaCppBackend):
         params = llama.context_params
         params.n_ctx = per_request * parallel
         params.n_seq_max = parallel
-        params.kv_unified = True
+        # One KV stream per slot. A unified cache makes every sequence's attention scan every slot's
+        # cells: measured here, 14 tok/s instead of 81 for one stream once another slot held 2k tokens.
+        params.kv_unified = False
         params.n_batch = params.n_ubatch = N_BATCH + parallel
         ctx = lib.llama_init_from_model(llama.model, params)
         if not ctx:
@@ -99,8 +101,9 @@ class LlamaCppBatchBackend(LlamaCppBackend):
         memory = self._lib.llama_get_memory(self._ctx)
         if self._shared(donor, tokens) > shared + 16 and donor is not slot:
             shared = self._shared(donor, tokens)
+            # Slots are separate KV streams: llama.cpp copies whole sequences only, then trims.
             self._lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
-            self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, 0, shared)
+            self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
             slot.tokens = tokens[:shared]
         keep = min(shared, len(tokens) - 1)  # sampling needs fresh logits from at least one token
         self._lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
@@ -220,15 +223,7 @@ class LlamaCppBatchBackend(LlamaCppBackend):
     def cache_bytes(self) -> int:
         if self._closed:
             return 0
-        # A prefix shared with an earlier slot is counted once, as llama.cpp stores it once.
-        seen: list[list[int]] = []
-        cells = 0
-        for slot in self._slots:
-            cells += len(slot.tokens) - max((common_prefix(np.asarray(o, dtype=np.intc),
-                                                           np.asarray(slot.tokens, dtype=np.intc))
-                                             for o in seen), default=0)
-            seen.append(slot.tokens)
-        return cells * self._kv_bytes_per_token
+        return sum(len(slot.tokens) for slot in self._slots) * self._kv_bytes_per_token
 
     def close(self) -> None:
         if not self._closed:

@@ -104,13 +104,13 @@ def test_parallel_http_streams_through_the_real_server(tmp_path, monkeypatch):
     settings = load_settings({"engine": "llamacpp", "parallel": 4, "context_length": 2048})
     pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
     with running_server(pool=pool, engine="llamacpp", parallel=4, context_length=2048,
-                        default_model=EMBEDDED_NAME, temperature=0.0) as server:
+                        default_model=EMBEDDED_NAME, temperature=0.0, repeat_penalty=1.0) as server:
         assert isinstance(pool.get(EMBEDDED_NAME).scheduler, BatchScheduler)
         started = threading.Barrier(len(QUESTIONS))
 
         def ask(question: str) -> str:
             body = {"model": "claude-haiku-4-5", "max_tokens": 24, "stream": True,
-                    "messages": [{"role": "user", "content": question}]}
+                    "system": "You are a helpful assistant.", "messages": [{"role": "user", "content": question}]}
             started.wait()
             text = ""
             with server.client() as client, client.stream("POST", "/v1/messages", json=body) as response:
