@@ -28,7 +28,8 @@ def create_app(settings: Settings, pool: ModelPool) -> Flask:
     from pensieve_server.http.messages import messages
     from pensieve_server.http.meta import meta
 
-    app = Flask("pensieve_server")
+    app = Flask("pensieve_server", static_folder=None)  # no /static route: nothing to serve
+    app.url_map.merge_slashes = False  # `//` would be an HTML redirect that skips the Anthropic errors
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # Anthropic's field order, as the SDKs print it
     app.json.compact = True

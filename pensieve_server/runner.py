@@ -32,6 +32,7 @@ def build_server(app: Flask, settings: Settings, port: int | None = None):
             # Each open stream holds a worker thread; quiet idle connections are closed after a minute
             # (streams in progress are not idle: we write pings during long prefills).
             channel_timeout=60,
+            cleanup_interval=10,  # silent connections are closed within channel_timeout + 10 s
             connection_limit=max(100, settings.threads * 4),
             # Flask enforces max_body_bytes with an Anthropic-shaped 413; Waitress is the backstop.
             max_request_body_size=settings.max_body_bytes + 1024 * 1024,

@@ -173,7 +173,7 @@ class Settings:
     paths: Paths
     host: str = "127.0.0.1"
     port: int = 7777
-    auth_token: str = ""
+    auth_token: str = field(default="", repr=False)  # never in a repr that could reach a log
     default_model: str = DEFAULT_MODEL
     engine: str = "auto"
     tiers: Mapping[str, str] = field(default_factory=dict)

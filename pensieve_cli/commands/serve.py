@@ -46,6 +46,7 @@ def configure_logging(level: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pensieve_server.app import create_app
+    from pensieve_server.bind_policy import BindRefused, check_bind
     from pensieve_server.engine.base import EngineError
     from pensieve_server.engine.pool import ModelPool
     from pensieve_server.models.store import ModelStore
@@ -57,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("pensieve")
     if not settings.auth_token:
         settings = settings.replace(auth_token=ensure_token(settings.paths.token_file))
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: the server is reachable from other machines; every request needs the token",
-                    settings.host)
+    try:
+        warning = check_bind(settings.host, settings.auth_token)
+    except BindRefused as exc:
+        raise CliError(str(exc), ExitStatus.USAGE) from None
+    if warning:
+        log.warning("%s", warning)
     store = ModelStore(settings.paths.models_dir)
     pool = ModelPool(settings, store)
     try:

@@ -20,7 +20,8 @@ def encode_event(event_type: str, data: dict[str, Any]) -> bytes:
     """One SSE frame: ``event: X\\ndata: {...}\\n\\n``."""
     if "\n" in event_type or "\r" in event_type:
         raise ValueError(f"event type must be one line: {event_type!r}")
-    return f"event: {event_type}\ndata: {encode_data(data)}\n\n".encode()
+    # A lone surrogate can only sit inside a JSON string, where backslashreplace writes its valid escape.
+    return f"event: {event_type}\ndata: {encode_data(data)}\n\n".encode("utf-8", "backslashreplace")
 
 
 def ping_event() -> bytes:

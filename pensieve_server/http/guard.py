@@ -12,8 +12,11 @@ from pensieve_server.secrets import tokens_match
 from pensieve_server.settings import Settings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-# Routes that answer without a token: liveness probes only, nothing that reveals or spends anything.
-PUBLIC_ENDPOINTS = frozenset({"meta.root", "meta.health"})
+# Routes that answer without a token: liveness probes and the static API description only,
+# nothing that reveals local state or spends compute.
+PUBLIC_ENDPOINTS = frozenset({"meta.root", "meta.health", "meta.openapi"})
+CORS_HEADERS = ("authorization, x-api-key, content-type, anthropic-version, anthropic-beta, "
+                "anthropic-dangerous-direct-browser-access")
 
 
 def request_token() -> str:
@@ -53,6 +56,8 @@ def install_guards(app: Flask, settings: Settings) -> None:
             raise PermissionDenied(f"Origin {origin!r} is not allowed (set allowed_origins to permit a browser app)")
         if request.endpoint in PUBLIC_ENDPOINTS:
             return
+        if request.method == "OPTIONS" and origin:
+            return  # a CORS preflight carries no credentials; add_headers answers it
         if not settings.auth_token:
             return
         if not tokens_match(request_token(), settings.auth_token):
@@ -67,4 +72,8 @@ def install_guards(app: Flask, settings: Settings) -> None:
         if origin and origin in origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS":
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, HEAD, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+                response.headers["Access-Control-Max-Age"] = "600"
         return response

@@ -38,6 +38,8 @@ def _json_body() -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply to decode") from None
 
 
 @messages.route("/v1/messages", methods=["POST"])

@@ -1,9 +1,11 @@
-"""Liveness and discovery: ``HEAD /`` (Claude Code probes it), ``/health``, ``/v1/models``."""
+"""Liveness and discovery: ``HEAD /`` (Claude Code probes it), ``/health``, ``/v1/models``, ``/openapi.json``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify
 
@@ -84,3 +86,14 @@ def metrics():
         "pensieve_uptime_seconds": round(time.time() - state.started_at, 3),
     }
     return Response(state.metrics.render(gauges), mimetype="text/plain; version=0.0.4")
+
+
+@functools.lru_cache(maxsize=1)
+def _openapi_document() -> bytes:
+    """The committed OpenAPI description, read once: it ships with the package and never changes at runtime."""
+    return (resources.files("pensieve_server") / "openapi.json").read_bytes()
+
+
+@meta.route("/openapi.json", methods=["GET"])
+def openapi() -> Response:
+    return Response(_openapi_document(), mimetype="application/json")
