@@ -115,7 +115,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_size", int, 16, "requests that may wait for the engine before 529 overloaded"),
     Option("parallel", int, 1, "requests generated together (llama.cpp batches them; MLX runs one at a time)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
-    Option("prefix_cache_bytes", int, 1024 * 1024 * 1024, "memory the prefix (KV) cache may hold"),
+    Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),
     Option("ping_interval", float, 10.0, "seconds between SSE pings while the prompt is processed"),
     Option("allowed_origins", str, "", "comma-separated browser Origins allowed to call the API"),
     Option("log_level", str, "info", "server log level", ("debug", "info", "warning", "error")),
@@ -187,7 +187,7 @@ class Settings:
     queue_size: int = 16
     parallel: int = 1
     threads: int = 16
-    prefix_cache_bytes: int = 1024 * 1024 * 1024
+    prefix_cache_bytes: int = 0
     ping_interval: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"

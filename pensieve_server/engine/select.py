@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from pensieve_server.engine.base import Backend, ModelLoadError
+from pensieve_server.memory import auto_cache_bytes
 from pensieve_server.models.store import ModelEntry, ModelStore
 
 ENGINES = ("auto", "mlx", "llamacpp", "scripted")
@@ -144,7 +145,7 @@ def load_backend(
         if engine == "llamacpp":
             from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, LlamaCppBackend
 
-            limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes
+            limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes or auto_cache_bytes()
             return LlamaCppBackend.load(entry, context_length, cache_bytes_limit=limit)
         from pensieve_server.engine.mlx_backend import MlxBackend
     except ImportError as exc:
