@@ -413,7 +413,6 @@ def resolve_mlx_folder(gguf_home: Path, override: Path | None = None) -> tuple[P
         return (override, "") if override.is_dir() else (None, f"--mlx-folder {override} is not a folder")
     try:
         from pensieve_server.models.gguf_to_mlx import ensure_mlx_conversion
-
         from pensieve_server.models.store import ModelStore
         from pensieve_server.settings import Paths
     except ImportError as exc:

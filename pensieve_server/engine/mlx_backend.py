@@ -1,0 +1,334 @@
+"""The MLX backend (mlx-lm): MLX model folders, and GGUF files converted to one on first use.
+
+One prompt cache holds one live sequence. A new prompt reuses its longest common prefix with
+that sequence (the cache is trimmed back to it, or rebuilt when its layers cannot be trimmed),
+mirroring the llama.cpp backend. ``_live`` always names exactly the tokens the cache holds, also
+after a cancelled or closed generation, so the next prompt never reuses stale keys and values.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.scripted import CHATML_TEMPLATE
+from pensieve_server.models.store import ModelEntry, ModelStore
+
+log = logging.getLogger(__name__)
+
+# Small enough that a cancel during a long prefill is noticed quickly, large enough to batch well.
+PREFILL_STEP = 512
+END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
+
+
+class _PrefillCancelled(Exception):
+    """Raised from the prefill progress callback to abandon a prompt whose client went away."""
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    for index in range(n):
+        if a[index] != b[index]:
+            return index
+    return n
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-character → byte table (byte-level BPE token strings are spelled with it)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def _decoder_kind(hf_tokenizer: Any) -> str:
+    """"bytelevel" when the tokenizer's decoder is GPT-2 byte-level, else "other"."""
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None) or getattr(hf_tokenizer, "_tokenizer", None)
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    except Exception:  # noqa: BLE001 - slow tokenizers have no tokenizers.Tokenizer behind them
+        return "other"
+    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", []) or []]
+    return "bytelevel" if "ByteLevel" in kinds else "other"
+
+
+class MlxBackend(Backend):
+    name = "mlx"
+
+    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str = "cpu") -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self._model = model
+        self._tokenizer = tokenizer  # mlx-lm's TokenizerWrapper
+        self._hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        self.info = info
+        self.device = device
+        self._make_cache: Callable[[], list[Any]] = lambda: make_prompt_cache(model)
+        self._cache: list[Any] = self._make_cache()
+        self._live: list[int] = []  # exactly the tokens whose keys/values are in self._cache
+        self._closed = False
+        self._special = self._special_ids()
+        self._stop_tokens = self._find_stop_tokens()
+        self._bytelevel = _decoder_kind(self._hf) == "bytelevel"
+        self._pieces: dict[int, bytes] = {}
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, entry: ModelEntry, store: ModelStore, context_length: int = 0) -> MlxBackend:
+        """Load ``entry``: an MLX folder as is, a GGUF through its (cached) MLX conversion."""
+        from pensieve_server.engine.select import mlx_device
+
+        device = mlx_device()
+        if device is None:
+            raise ModelLoadError("MLX does not import on this machine; pip install mlx-lm")
+        if entry.format == "gguf":
+            from pensieve_server.models.gguf_to_mlx import ensure_mlx_model
+
+            folder = ensure_mlx_model(entry, store)
+        elif entry.format == "mlx":
+            folder = entry.weights
+            if not (folder / "config.json").is_file():
+                raise ModelLoadError(f"{entry.name}: {folder} is not an MLX model folder (no config.json); "
+                                     "re-install the model")
+        else:
+            raise ModelLoadError(f"{entry.name} has format {entry.format!r}; MLX runs MLX folders and GGUF files")
+        try:
+            import mlx.core as mx
+            from mlx_lm.utils import load as mlx_load
+
+            model, tokenizer, config = mlx_load(str(folder), return_config=True)
+            if device == "cpu":
+                # MLX computes float16 slowly and inexactly on a CPU; float32 scales are ~40x faster there.
+                model.set_dtype(mx.float32)
+                mx.eval(model.parameters())
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mlx-lm raises ValueError, KeyError, FileNotFoundError, ...
+            raise ModelLoadError(f"MLX could not load {entry.name} from {folder}: {exc}") from None
+        return cls(model, tokenizer, cls._model_info(entry, tokenizer, config, context_length), device)
+
+    @staticmethod
+    def _model_info(entry: ModelEntry, tokenizer: Any, config: dict[str, Any], context_length: int) -> ModelInfo:
+        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        template = getattr(hf, "chat_template", None)
+        if not isinstance(template, str) or not template:
+            log.warning("%s has no chat template in its tokenizer config; using ChatML", entry.name)
+            template = CHATML_TEMPLATE
+        trained = int(config.get("max_position_embeddings") or 0) or entry.context_length
+        if trained <= 0:
+            trained = 4096
+        n_ctx = min(trained, context_length) if context_length > 0 else trained
+        return ModelInfo(
+            name=entry.name,
+            context_length=n_ctx,
+            chat_template=template,
+            bos_token=str(getattr(hf, "bos_token", None) or ""),
+            eos_token=str(getattr(hf, "eos_token", None) or ""),
+        )
+
+    def _special_ids(self) -> frozenset[int]:
+        """Control tokens: they add no text to a streamed answer (llama.cpp's pieces do the same)."""
+        ids = set(getattr(self._hf, "all_special_ids", []) or [])
+        for index, token in (getattr(self._hf, "added_tokens_decoder", {}) or {}).items():
+            if getattr(token, "special", False):
+                ids.add(int(index))
+        return frozenset(ids)
+
+    def _find_stop_tokens(self) -> frozenset[int]:
+        """EOS ids (config and tokenizer) plus known end-of-turn tokens that are single special tokens."""
+        stops = {int(t) for t in (getattr(self._tokenizer, "eos_token_ids", None) or ())}
+        eos = getattr(self._hf, "eos_token_id", None)
+        if eos is not None:
+            stops.add(int(eos))
+        for text in END_OF_TURN_TEXTS:
+            tokens = self.tokenize(text)
+            if len(tokens) == 1 and tokens[0] in self._special:
+                stops.add(tokens[0])
+        return frozenset(stops)
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._hf.encode(text, add_special_tokens=False))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._hf.decode(list(tokens), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def is_stop_token(self, token: int) -> bool:
+        return token in self._stop_tokens
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes ``token`` adds to a byte-level BPE answer (special tokens add none), cached."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            if token in self._special:
+                piece = b""
+            else:
+                text = self._hf.convert_ids_to_tokens(token) or ""
+                table = _BYTE_DECODER
+                piece = b"".join(bytes([table[c]]) if c in table else c.encode("utf-8") for c in text)
+            self._pieces[token] = piece
+        return piece
+
+    def _text_stream(self) -> Callable[[int], str]:
+        """A per-generation function turning each sampled token into the text it completes."""
+        if self._bytelevel:
+            decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # never splits a character
+            return lambda token: decode(self._piece(token))
+        detokenizer = self._tokenizer.detokenizer
+        detokenizer.reset()
+
+        def text(token: int) -> str:
+            if token in self._special:
+                return ""
+            detokenizer.add_token(token)
+            return detokenizer.last_segment
+
+        return text
+
+    # -- generation --------------------------------------------------------------------------------
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+        if self._closed:
+            raise EngineError("the model was unloaded")
+        n_ctx = self.info.context_length
+        if len(prompt) == 0:
+            raise EngineError("empty prompt")
+        if len(prompt) >= n_ctx:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {n_ctx}")
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.sample_utils import make_sampler
+
+        tokens = [int(t) for t in prompt]
+        cached = self._reuse_prefix(tokens)
+        if params.seed is not None:
+            mx.random.seed(params.seed & 0xFFFFFFFF)
+        greedy = params.temperature <= 0 or params.top_k == 1
+        sampler = make_sampler(
+            temp=0.0 if greedy else params.temperature,
+            top_p=params.top_p if 0 < params.top_p < 1 else 0.0,
+            top_k=max(params.top_k, 0),
+        )
+        fresh = len(tokens) - cached
+        processors = [self._repeat_penalty(params, fresh)] if params.repeat_penalty != 1.0 and params.repeat_last_n > 0 else None
+
+        def progress(_done: int, _total: int) -> None:
+            if cancel.is_set():
+                raise _PrefillCancelled
+
+        seen = list(tokens)  # the prompt and every token handed out: what the cache can hold
+        steps = generate_step(
+            mx.array(tokens[cached:], dtype=mx.uint32),
+            self._model,
+            max_tokens=-1,
+            sampler=sampler,
+            logits_processors=processors,
+            prompt_cache=self._cache,
+            prefill_step_size=PREFILL_STEP,
+            prompt_progress_callback=progress,
+        )
+        text_of = self._text_stream()
+        try:
+            for token, _ in steps:
+                token = int(token)
+                seen.append(token)
+                yield Step(token, text_of(token), cached)
+                cached = 0
+                if cancel.is_set() or len(seen) >= n_ctx:
+                    return  # cancelled, or the context is full
+        except _PrefillCancelled:
+            return
+        except GeneratorExit:
+            raise
+        except Exception:
+            self._reset()  # the cache may hold part of a failed step
+            raise
+        finally:
+            steps.close()
+            self._settle(seen)
+
+    @staticmethod
+    def _repeat_penalty(params: SamplingParams, prompt_len: int) -> Callable[[Any, Any], Any]:
+        """llama.cpp's repeat penalty: only generated tokens (not the prompt) enter its history."""
+        import mlx.core as mx
+
+        penalty, window = params.repeat_penalty, params.repeat_last_n
+
+        def process(history: Any, logits: Any) -> Any:
+            recent = history[prompt_len:][-window:]
+            if recent.size == 0:
+                return logits
+            picked = logits[:, recent]
+            logits[:, recent] = mx.where(picked < 0, picked * penalty, picked / penalty)
+            return logits
+
+        return process
+
+    # -- prefix cache ------------------------------------------------------------------------------
+    def _offset(self) -> int:
+        """How many tokens the cache's layers hold (they all hold the same number)."""
+        return int(getattr(self._cache[0], "offset", 0)) if self._cache else 0
+
+    def _reuse_prefix(self, prompt: list[int]) -> int:
+        """Bring the cache to the longest prefix of ``prompt`` it holds; return that length.
+
+        At least one prompt token is always left to evaluate, since sampling needs fresh logits.
+        """
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if self._offset() != len(self._live):
+            self._reset()  # never trust a cache whose length we did not record
+        keep = min(common_prefix(self._live, prompt), len(prompt) - 1)
+        if keep < len(self._live):
+            if keep > 0 and can_trim_prompt_cache(self._cache):
+                trim_prompt_cache(self._cache, len(self._live) - keep)
+                self._live = self._live[:keep]
+            else:
+                self._reset()
+                keep = 0
+        return keep
+
+    def _settle(self, seen: list[int]) -> None:
+        """Record which tokens the cache really holds after a generation ended, however it ended."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+        if self._closed:
+            return
+        offset = self._offset()
+        if offset <= len(seen):
+            self._live = seen[:offset]
+        elif can_trim_prompt_cache(self._cache):  # a step ran past the last token handed out
+            trim_prompt_cache(self._cache, offset - len(seen))
+            self._live = seen
+        else:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._cache = self._make_cache()
+        self._live = []
+
+    def cache_bytes(self) -> int:
+        if self._closed:
+            return 0
+        return sum(int(getattr(layer, "nbytes", 0) or 0) for layer in self._cache)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._cache = []
+            self._live = []
+            self._pieces.clear()
+            self._model = None
+
+
+_BYTE_DECODER = _byte_decoder()

