@@ -8,9 +8,7 @@ import json
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_server.secrets import fingerprint
-from pensieve_server.settings import OPTIONS, OPTIONS_BY_NAME, Paths
-
-SECRET_KEYS = frozenset({"auth_token"})
+from pensieve_server.settings import OPTIONS, OPTIONS_BY_NAME, SECRET_OPTIONS, Paths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,24 +20,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="config_action", metavar="ACTION", required=True)
-    actions.add_parser("path", help="print the config file's path").set_defaults(func=run_path)
-    get = actions.add_parser("get", help="print one setting's value")
+    fmt = argparse.RawDescriptionHelpFormatter
+    actions.add_parser("path", help="print the config file's path", formatter_class=fmt,
+                       epilog="examples:\n  pensieve config path\n  ${EDITOR:-vi} \"$(pensieve config path)\""
+                       ).set_defaults(func=run_path)
+    get = actions.add_parser("get", help="print one setting's value", formatter_class=fmt,
+                             epilog="examples:\n  pensieve config get port\n  pensieve config get tiers.haiku")
     get.add_argument("key", choices=[o.name for o in OPTIONS], metavar="KEY")
     get.set_defaults(func=run_get)
-    set_ = actions.add_parser("set", help="store a setting in the config file")
+    set_ = actions.add_parser("set", help="store a setting in the config file", formatter_class=fmt,
+                              epilog="examples:\n  pensieve config set port 8080\n"
+                              "  pensieve config set engine llamacpp\n  pensieve config set tiers.haiku smollm2-135m")
     set_.add_argument("key", choices=[o.name for o in OPTIONS], metavar="KEY")
     set_.add_argument("value")
     set_.set_defaults(func=run_set)
-    unset = actions.add_parser("unset", help="remove a setting from the config file (back to default)")
+    unset = actions.add_parser("unset", help="remove a setting from the config file (back to default)",
+                               formatter_class=fmt, epilog="examples:\n  pensieve config unset port")
     unset.add_argument("key", choices=[o.name for o in OPTIONS], metavar="KEY")
     unset.set_defaults(func=run_unset)
-    list_ = actions.add_parser("list", help="every setting with its value and where it came from")
+    list_ = actions.add_parser("list", help="every setting with its value and where it came from",
+                               formatter_class=fmt,
+                               epilog="examples:\n  pensieve config list\n  pensieve config list --json")
     list_.add_argument("--json", action="store_true", help="machine-readable output")
     list_.set_defaults(func=run_list)
 
 
 def _display(key: str, value: object) -> object:
-    if key in SECRET_KEYS:
+    if key in SECRET_OPTIONS:
         return fingerprint(str(value)) if value else ""
     return value
 
