@@ -109,6 +109,13 @@ class Context:
         return name in (health.get("models_loaded") or []) or (health.get("model") == name and bool(health.get("engine")))
 
 
+def forwarding(ctx: Context, name: str) -> Check | None:
+    """A skip for checks about the local model when an upstream server answers instead (engine = upstream)."""
+    if ctx.settings.engine != "upstream":
+        return None
+    return Check(name, SKIP, f"skipped: requests go to the upstream at {ctx.settings.upstream_url or '(not set)'}")
+
+
 def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
@@ -135,6 +142,8 @@ MLX_DEVICES = {"metal": "Metal GPU", "cuda": "CUDA GPU", "cpu": "CPU"}
 
 
 def check_mlx(ctx: Context) -> Check:
+    if skip := forwarding(ctx, "mlx"):
+        return skip
     from pensieve_server.engine.select import is_apple_silicon, mlx_device
 
     device = mlx_device()
@@ -159,6 +168,9 @@ def check_engine(ctx: Context) -> Check:
     from pensieve_server.engine.base import ModelLoadError
     from pensieve_server.engine.select import describe_device, resolve_engine
 
+    if ctx.settings.engine == "upstream":
+        return Check("engine", OK, f"configured: upstream ({ctx.settings.upstream_api} API at "
+                     f"{ctx.settings.upstream_url or '(not set)'})", data={"engine": "upstream"})
     try:
         engine = resolve_engine(ctx.settings.engine, ctx.entry())
     except ModelLoadError as exc:
@@ -190,6 +202,10 @@ def model_fix(name: str) -> str:
 
 
 def check_model(ctx: Context) -> Check:
+    if ctx.settings.engine == "upstream":
+        from pensieve_cli.upstream_check import check_upstream
+
+        return check_upstream(ctx)
     name = ctx.settings.default_model
     entry = ctx.entry()
     if entry is None:
@@ -214,6 +230,8 @@ def check_model(ctx: Context) -> Check:
 
 
 def check_model_loads(ctx: Context) -> Check:
+    if skip := forwarding(ctx, "model loads"):
+        return skip
     entry = ctx.entry()
     if entry is None:
         return Check("model loads", SKIP, "skipped: the model is not installed")
@@ -270,6 +288,8 @@ def _existing(path: Path) -> Path:
 def check_resources(ctx: Context) -> Check:
     from pensieve_server.models import catalog
 
+    if skip := forwarding(ctx, "resources"):
+        return skip
     name = ctx.settings.default_model
     entry, known = ctx.entry(), catalog.get(name)
     size = entry.size_bytes if entry else (known.size_bytes if known else 0)

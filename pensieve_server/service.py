@@ -41,6 +41,9 @@ from pensieve_server.engine.pool import LoadedModel, ModelPool
 from pensieve_server.engine.scheduler import Job
 from pensieve_server.metrics import Metrics
 from pensieve_server.settings import Settings
+from pensieve_server.upstream import ENGINE as UPSTREAM
+from pensieve_server.upstream import is_upstream
+from pensieve_server.upstream.service import UpstreamJob, UpstreamPlan, UpstreamService
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Prepared:
     params: SamplingParams
     fit_actions: list[str] = field(default_factory=list)
     requested_max_tokens: int = 0  # the client's max_tokens, before the context capped it
+    upstream: UpstreamPlan | None = None  # set when an upstream server answers instead of a local model
 
 
 class MessagesService:
@@ -62,11 +66,15 @@ class MessagesService:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
+        self.upstream = UpstreamService(settings, metrics) if is_upstream(settings) else None
 
     # -- preparing --------------------------------------------------------------------------------
     def load_model(self, requested: str) -> LoadedModel:
         names = self.pool.names()
-        local = resolve_model_name(requested, names, self.settings.tiers, self.settings.default_model)
+        if self.upstream is not None:
+            local = self.upstream.resolve(requested, names)
+        else:
+            local = resolve_model_name(requested, names, self.settings.tiers, self.settings.default_model)
         try:
             return self.pool.get(local)
         except ModelLoadError as exc:
@@ -92,6 +100,10 @@ class MessagesService:
             body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
         ))
         model = self.load_model(request.model)
+        if self.upstream is not None and model.engine == UPSTREAM:
+            plan = self.upstream.prepare(request, body, model)
+            params = SamplingParams(max_tokens=plan.request.max_tokens)
+            return Prepared(plan.request, model, [], params, plan.actions, request.max_tokens, upstream=plan)
         self._check_content(request, model)
         context = model.info.context_length
         if self.settings.context_policy == "strict" and request.max_tokens > context:
@@ -123,21 +135,29 @@ class MessagesService:
             body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
         ))
         model = self.load_model(request.model)
+        if self.upstream is not None and model.engine == UPSTREAM:
+            return self.upstream.count_tokens(request, body, model)
         return self._count(model)(request)
 
-    def submit(self, prepared: Prepared) -> Job:
+    def submit(self, prepared: Prepared) -> Job | UpstreamJob:
+        if self.upstream is not None and prepared.upstream is not None:
+            return self.upstream.submit(prepared.model, prepared.upstream)
         try:
             return prepared.model.scheduler.submit(prepared.prompt, prepared.params)
         except Overloaded as exc:
             raise ServerOverloaded(str(exc)) from None
 
     # -- running ----------------------------------------------------------------------------------
-    def events(self, prepared: Prepared, job: Job, ping_interval: float | None = None
+    def events(self, prepared: Prepared, job: Job | UpstreamJob, ping_interval: float | None = None
                ) -> Iterator[tuple[str, dict] | None]:
         """Anthropic stream events for ``job``; None where a keepalive ping is due.
 
         Raises ApiError for engine failures. Closing the iterator (client gone) cancels the job.
         """
+        if isinstance(job, UpstreamJob):
+            assert self.upstream is not None and prepared.upstream is not None
+            yield from self.upstream.events(prepared.upstream, job, ping_interval)
+            return
         request = prepared.request
         tools = request.tools if (request.tool_choice or {}).get("type") != "none" else []
         assembler = MessageAssembler(

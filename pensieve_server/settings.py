@@ -101,7 +101,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", int, 7777, "TCP port the server listens on"),
     Option("auth_token", str, "", "API token clients must send (empty: generated on first use and stored 0600)"),
     Option("default_model", str, DEFAULT_MODEL, "local model that answers when no tier mapping applies"),
-    Option("engine", str, "auto", "inference engine", ("auto", "mlx", "llamacpp")),
+    Option("engine", str, "auto", "inference engine (upstream: forward to upstream_url)",
+           ("auto", "mlx", "llamacpp", "upstream")),
     Option("tiers.opus", str, "", "local model answering claude-*opus* names (empty: default model)"),
     Option("tiers.sonnet", str, "", "local model answering claude-*sonnet* names (empty: default model)"),
     Option("tiers.haiku", str, "", "local model answering claude-*haiku* names (empty: default model)"),
@@ -115,11 +116,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_size", int, 16, "requests that may wait for the engine before 529 overloaded"),
     Option("parallel", int, 1, "requests generated together (llama.cpp batches them; MLX runs one at a time)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
+    Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core)"),
     Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),
     Option("ping_interval", float, 10.0, "seconds between SSE pings while the prompt is processed"),
     Option("allowed_origins", str, "", "comma-separated browser Origins allowed to call the API"),
     Option("log_level", str, "info", "server log level", ("debug", "info", "warning", "error")),
+    Option("upstream_url", str, "", "OpenAI- or Anthropic-compatible server to forward to (engine = upstream)"),
+    Option("upstream_api_key", str, "", "API key sent to the upstream (secret: shown as a fingerprint)"),
+    Option("upstream_model", str, "", "the upstream's model id (empty: the first one its /v1/models lists)"),
+    Option("upstream_api", str, "openai", "what the upstream speaks", ("openai", "anthropic")),
+    Option("upstream_context_length", int, 0, "the upstream model's context in tokens (0: unknown, no fitting)"),
+    Option("upstream_timeout", float, 600.0, "seconds to wait for the upstream's next bytes before giving up"),
 )
+SECRET_OPTIONS = frozenset({"auth_token", "upstream_api_key"})  # shown only as fingerprints
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 
@@ -138,6 +147,8 @@ def coerce(option: Option, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {option.name} must be one of {', '.join(option.choices)}, got {value!r}")
     if option.name == "port" and not 0 <= value <= 65535:
         raise ConfigError(f"{source}: port must be between 0 and 65535, got {value}")
+    if option.name == "upstream_url" and value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: upstream_url must be an http:// or https:// URL, got {value!r}")
     return value
 
 
@@ -188,9 +199,16 @@ class Settings:
     parallel: int = 1
     threads: int = 16
     prefix_cache_bytes: int = 0
+    compute_threads: int = 0
     ping_interval: float = 10.0
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "info"
+    upstream_url: str = ""
+    upstream_api_key: str = field(default="", repr=False)  # a secret, like auth_token
+    upstream_model: str = ""
+    upstream_api: str = "openai"
+    upstream_context_length: int = 0
+    upstream_timeout: float = 600.0
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -243,6 +261,9 @@ def load_settings(
         if token:
             values["auth_token"] = token
             sources["auth_token"] = "token file"
+    if values["engine"] == "upstream" and sources["default_model"] == "default":
+        # Forwarding: the model answering Claude names is the upstream's, not the embedded one.
+        values["default_model"] = values["upstream_model"] or "upstream"
     tiers = {tier: values.pop(f"tiers.{tier}") for tier in TIERS}
     origins = tuple(o.strip() for o in values.pop("allowed_origins").split(",") if o.strip())
     return Settings(paths=paths, tiers=tiers, allowed_origins=origins, sources=sources, **values)

@@ -29,11 +29,13 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 7777)")
     parser.add_argument("--model", help="local model to serve by default (default smollm2-135m)")
-    parser.add_argument("--engine", choices=("auto", "mlx", "llamacpp"), help="inference engine (default auto)")
+    parser.add_argument("--engine", choices=("auto", "mlx", "llamacpp", "upstream"),
+                        help="inference engine (default auto; upstream forwards to upstream_url)")
     parser.add_argument("--context-length", type=int, dest="context_length", help="cap the context window")
     parser.add_argument("--parallel", type=int,
                         help="requests generated together; llama.cpp batches them (default 1)")
-    parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"),
+                        help="how much the server logs (default info)")
 
 
 def configure_logging(level: str) -> None:

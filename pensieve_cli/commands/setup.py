@@ -32,6 +32,7 @@ from pensieve_cli.claude_config import (
 from pensieve_cli.claude_env import claude_env
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
+from pensieve_cli.upstream_setup import UpstreamChoice, add_flags, choose_upstream, wants_upstream
 from pensieve_server.models import catalog
 from pensieve_server.secrets import generate_token, read_token, write_private
 from pensieve_server.settings import TIERS, Settings
@@ -48,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(or $CLAUDE_CONFIG_DIR) and Pensieve's config.toml after showing the change as a diff.\n"
         "Every file is backed up first; --undo puts them back exactly.",
         epilog="examples:\n  pensieve setup\n  pensieve setup --yes --model qwen2.5-coder-7b --port 8080\n"
-        "  pensieve setup --dry-run\n  pensieve setup --undo",
+        "  pensieve setup --dry-run\n  pensieve setup --undo\n"
+        "  pensieve setup --yes --upstream http://localhost:11434/v1 --upstream-model qwen2.5-coder:7b",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-y", "--yes", action="store_true",
@@ -59,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="port the server listens on")
     parser.add_argument("--start", action="store_true", help="start the server in the background if it is not running")
     parser.add_argument("--undo", action="store_true", help="restore the files as they were before the last setup")
+    add_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class Choices:
     model: str
     port: int
+    upstream: UpstreamChoice | None = None  # forward to another server instead of a local model
 
 
 # -- choosing ----------------------------------------------------------------------------------------
@@ -113,6 +117,11 @@ def port_problem(text: str) -> str | None:
 
 
 def choose(args: argparse.Namespace, settings: Settings, installed: set[str], ask: bool) -> Choices:
+    if wants_upstream(args, settings):
+        if args.port is not None and port_problem(str(args.port)):
+            raise CliError(f"--port: {port_problem(str(args.port))}", ExitStatus.USAGE)
+        upstream = choose_upstream(args, settings)
+        return Choices(upstream.served_name, args.port or settings.port, upstream)
     model, port = args.model or settings.default_model, args.port or settings.port
     if args.port is not None and port_problem(str(args.port)):
         raise CliError(f"--port: {port_problem(str(args.port))}", ExitStatus.USAGE)
@@ -135,6 +144,10 @@ def edits_for(settings: Settings, choices: Choices, token: str) -> list[Edit]:
     claude = ClaudePaths.resolve()
     env = claude_env(settings.replace(port=choices.port).base_url, token)
     config = {"port": choices.port, "default_model": choices.model, **{f"tiers.{t}": choices.model for t in TIERS}}
+    if choices.upstream is not None:
+        config.update(choices.upstream.config())
+    elif settings.engine == "upstream":
+        config["engine"] = "auto"  # back from forwarding to a local model
     return [
         Edit(claude.claude_json, json_transform(claude.claude_json, with_onboarding)),
         Edit(claude.settings_json, json_transform(claude.settings_json, lambda d: with_env(d, env, claude.settings_json))),
@@ -146,10 +159,11 @@ def _text(data: bytes | None) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
-def show_diff(changes: list[Change], token: str) -> None:
+def show_diff(changes: list[Change], token: str, *secrets: str) -> None:
+    redact = [secret for secret in (token, *secrets) if secret]
     for change in changes:
         if change.changed:
-            ui.print_diff(display(change.path), _text(change.before), _text(change.after), redact=[token])
+            ui.print_diff(display(change.path), _text(change.before), _text(change.after), redact=redact)
 
 
 def warn_conflicts(changes: list[Change], settings_json: Path) -> None:
@@ -220,8 +234,9 @@ def report_server(settings: Settings, model_ready: bool, start: bool, quiet: boo
 # -- the command -------------------------------------------------------------------------------------
 
 def run_undo(args: argparse.Namespace) -> int:
-    if args.dry_run or args.model or args.port or args.start:
-        raise CliError("--undo cannot be combined with --dry-run, --model, --port or --start", ExitStatus.USAGE)
+    if args.dry_run or args.model or args.port or args.start or args.upstream:
+        raise CliError("--undo cannot be combined with --dry-run, --model, --port, --start or --upstream",
+                       ExitStatus.USAGE)
     settings = settings_from_args(args)
     try:
         restored = ConfigWriter(settings.paths.backups_dir).undo()
@@ -261,16 +276,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigFileError as exc:
         raise CliError(str(exc)) from None
     target = settings.replace(port=choices.port, default_model=choices.model)
+    secrets = (choices.upstream.api_key, settings.upstream_api_key) if choices.upstream else ()
     if not any(c.changed for c in changes):
         if not args.quiet:
             ui.success(f"nothing to change: Claude Code already uses Pensieve at {target.base_url} "
                        f"with {choices.model}")
     elif args.dry_run:
-        show_diff(changes, token)
+        show_diff(changes, token, *secrets)
         print("Dry run: nothing was changed.")
     else:
         if ask or not args.quiet:
-            show_diff(changes, token)
+            show_diff(changes, token, *secrets)
         warn_conflicts(changes, ClaudePaths.resolve().settings_json)
         if ask and not ui.ask_confirm("Apply these changes?", default=True):
             print("Nothing was changed.")
@@ -299,7 +315,7 @@ def apply_changes(args: argparse.Namespace, writer: ConfigWriter, settings: Sett
 
 
 def finish(args: argparse.Namespace, settings: Settings, choices: Choices, installed: set[str]) -> int:
-    model_ready = choices.model in installed
+    model_ready = choices.model in installed or choices.upstream is not None
     steps = []
     if not model_ready:
         entry = catalog.get(choices.model)

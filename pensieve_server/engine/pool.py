@@ -47,7 +47,15 @@ class ModelPool:
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
-        """Installed models plus any registered in-process with :meth:`add`."""
+        """Installed models (the upstream's, when forwarding) plus any registered in-process with :meth:`add`."""
+        from pensieve_server.upstream import is_upstream
+
+        if is_upstream(self.settings):
+            from pensieve_server.upstream.model import upstream_names
+
+            names = upstream_names(self.settings)  # not every name a client sent upstream
+            with self._lock:
+                return names + [n for n, m in self._loaded.items() if n not in names and m.engine != "upstream"]
         names = [entry.name for entry in self.store.list()]
         with self._lock:
             names += [name for name in self._loaded if name not in names]
@@ -80,7 +88,12 @@ class ModelPool:
 
     def _load(self, name: str) -> LoadedModel:
         from pensieve_server.engine.select import load_backend, resolve_engine
+        from pensieve_server.upstream import is_upstream
 
+        if is_upstream(self.settings):
+            from pensieve_server.upstream.model import load_upstream
+
+            return load_upstream(self.settings, name)
         try:
             entry = self.store.get(name)
         except ModelError as exc:
@@ -88,7 +101,8 @@ class ModelPool:
         engine = resolve_engine(self.settings.engine, entry)
         started = time.perf_counter()
         backend = load_backend(entry, engine, self.store, self.settings.context_length,
-                               self.settings.prefix_cache_bytes, self.settings.parallel)
+                               self.settings.prefix_cache_bytes, self.settings.parallel,
+                               self.settings.compute_threads)
         log.info("loaded %s on %s (%s) in %.1fs", name, engine, backend.device, time.perf_counter() - started)
         return LoadedModel(entry, engine, backend, make_scheduler(backend, self.settings.queue_size))
 

@@ -15,11 +15,12 @@ import sys
 from functools import cache
 from typing import Any
 
+from pensieve_server.engine import cpu
 from pensieve_server.engine.base import Backend, ModelLoadError
 from pensieve_server.memory import auto_cache_bytes
 from pensieve_server.models.store import ModelEntry, ModelStore
 
-ENGINES = ("auto", "mlx", "llamacpp", "scripted")
+ENGINES = ("auto", "mlx", "llamacpp", "scripted", "upstream")
 FORMATS = {"gguf": ("llamacpp", "mlx"), "mlx": ("mlx",)}
 
 
@@ -85,8 +86,8 @@ def resolve_engine(requested: str, entry: ModelEntry | None) -> str:
     requested = (requested or "auto").lower()
     if requested not in ENGINES:
         raise ModelLoadError(f"unknown engine {requested!r}; choose one of {', '.join(ENGINES[:3])}")
-    if requested == "scripted":
-        return "scripted"
+    if requested in ("scripted", "upstream"):
+        return requested
     fmt = entry.format if entry is not None else "gguf"
     name = entry.name if entry is not None else "the model"
     if fmt not in FORMATS:
@@ -124,6 +125,7 @@ def load_backend(
     context_length: int = 0,
     prefix_cache_bytes: int | None = None,
     parallel: int = 1,
+    compute_threads: int = 0,
 ) -> Backend:
     """Load ``entry`` on ``engine`` (resolved first when it is "auto").
 
@@ -136,17 +138,21 @@ def load_backend(
         from pensieve_server.engine.scripted import ScriptedBackend
 
         return ScriptedBackend(context_length or 200_000, name=entry.name)
+    if engine == "upstream":
+        raise ModelLoadError("the upstream engine forwards to upstream_url and loads no local model; "
+                             "the model pool loads upstream models itself")
     resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
+    threads = cpu.compute_threads(compute_threads)
     try:
         if engine == "llamacpp" and parallel > 1:
             from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 
-            return LlamaCppBatchBackend.load_batched(entry, parallel, context_length)
+            return LlamaCppBatchBackend.load_batched(entry, parallel, context_length, n_threads=threads)
         if engine == "llamacpp":
             from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, LlamaCppBackend
 
             limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes or auto_cache_bytes()
-            return LlamaCppBackend.load(entry, context_length, cache_bytes_limit=limit)
+            return LlamaCppBackend.load(entry, context_length, n_threads=threads, cache_bytes_limit=limit)
         from pensieve_server.engine.mlx_backend import MlxBackend
     except ImportError as exc:
         raise ModelLoadError(f"the {engine} engine does not import ({exc}); re-install Pensieve's dependencies") from None
