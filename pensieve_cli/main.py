@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -33,18 +34,37 @@ Get started:
   claude                  use Claude Code as usual
 
 Run `pensieve --help` for every command, `pensieve doctor` when something is wrong.
+TAB completion for bash, zsh and fish: `pensieve completions --help`.
 """
+
+ROOT_EPILOG = """\
+examples:
+  pensieve setup && pensieve start && claude
+  pensieve status
+  pensieve doctor
+  pensieve models list
+  pensieve <command> --help
+
+-q and -v work before or after the command. Colour only on a terminal, never with NO_COLOR set.
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 doctor found a problem, 130 interrupted."""
+
+# (flags, help) of the options every command takes, before or after its name.
+GLOBAL_FLAGS = (
+    (("-v", "--verbose"), "more output; tracebacks on errors"),
+    (("-q", "--quiet"), "only errors and requested data"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pensieve",
         description="Run Claude Code against a local model: private, offline, free.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 doctor found a problem, 130 interrupted.",
+        epilog=ROOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pensieve {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more output; tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and requested data")
+    for flags, help_text in GLOBAL_FLAGS:
+        parser.add_argument(*flags, action="store_true", help=help_text)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -54,7 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet: absent from help rather than a stub
             raise
         module.register(subparsers)
+    add_global_flags(subparsers)
     return parser
+
+
+def add_global_flags(subparsers: argparse._SubParsersAction) -> None:
+    """Accept -q/-v after the command too (`pensieve status -q`), as people type them.
+
+    The default is SUPPRESS so that a flag given before the command is not reset by the subparser.
+    """
+    for sub in subparsers.choices.values():
+        for flags, help_text in GLOBAL_FLAGS:
+            # A command that uses one of these flags for something else keeps its meaning.
+            with contextlib.suppress(argparse.ArgumentError):
+                sub.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                add_global_flags(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pensieve: interrupted", file=sys.stderr)
         return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        # `pensieve config list --json | head`: the reader left; not an error worth a message.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown from re-raising
+        return ExitStatus.OK
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user unless asked
         if args.verbose or os.environ.get("PENSIEVE_TRACEBACK"):
             raise

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.set_defaults(func=run_start)
 
     stop = subparsers.add_parser("stop", help="stop the background server",
-                                 description="Stop the background server: SIGTERM, then SIGKILL after --timeout.")
+                                 description="Stop the background server: SIGTERM, then SIGKILL after --timeout.",
+                                 epilog="examples:\n  pensieve stop\n  pensieve stop --timeout 30",
+                                 formatter_class=fmt)
     stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S,
                       help=f"seconds to wait for a graceful stop before killing it (default {STOP_TIMEOUT_S:.0f})")
     stop.set_defaults(func=run_stop)
@@ -52,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     restart = subparsers.add_parser(
         "restart", help="restart the background server",
         description="Stop the background server (if running) and start it again with the current\n"
-        "config and these flags.", formatter_class=fmt)
+        "config and these flags.",
+        epilog="examples:\n  pensieve restart\n  pensieve restart --model qwen2.5-coder-7b --parallel 2",
+        formatter_class=fmt)
     add_server_flags(restart)
     restart.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S, help="seconds to wait for the stop")
     restart.set_defaults(func=run_restart)
@@ -60,12 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser(
         "status", help="is the server running? pid, uptime, model, memory, requests",
         description="Show whether the server runs and how it is doing.",
-        epilog="exit status: 0 running, 3 not running", formatter_class=fmt)
+        epilog="examples:\n  pensieve status\n  pensieve status --json | jq .running\n\n"
+        "exit status: 0 running, 3 not running", formatter_class=fmt)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=run_status)
 
     logs = subparsers.add_parser("logs", help="show the server log",
-                                 description="Print the end of the server log; -f keeps printing new lines.")
+                                 description="Print the end of the server log; -f keeps printing new lines.",
+                                 epilog="examples:\n  pensieve logs\n  pensieve logs -f\n  pensieve logs -n 200",
+                                 formatter_class=fmt)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     logs.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="lines to print (default 50)")
     logs.set_defaults(func=run_logs)
@@ -188,8 +195,22 @@ def server_status(settings: Settings) -> dict[str, Any]:
         status["tokens_per_s"] = round(last if last is not None else
                                        (metrics.get("pensieve_decode_tokens_per_second_sum", 0.0) / count
                                         if count else 0.0), 1)
+        status["prefix_cache"] = prefix_cache_summary(metrics)
     status["memory_rss_bytes"] = rss
     return status
+
+
+def prefix_cache_summary(metrics: dict[str, float]) -> dict[str, float]:
+    """Bytes held, and how often a request reused a cached prefix (hits / generations)."""
+    hits = metrics.get("pensieve_prefix_cache_hits_total", 0.0)
+    misses = metrics.get("pensieve_prefix_cache_misses_total", 0.0)
+    read = metrics.get("pensieve_prefix_cache_read_tokens_total", 0.0)
+    prompt = metrics.get("pensieve_input_tokens_total", 0.0)
+    return {
+        "bytes": int(metrics.get("pensieve_prefix_cache_bytes", 0)),
+        "hit_rate": round(hits / (hits + misses), 3) if hits + misses else 0.0,
+        "reused_token_share": round(read / prompt, 3) if prompt else 0.0,
+    }
 
 
 def human_duration(seconds: float) -> str:
@@ -231,6 +252,10 @@ def run_status(args: argparse.Namespace) -> int:
     if "requests" in status:
         rows.append(("requests", status["requests"]))
         rows.append(("tokens/s", f"{status['tokens_per_s']:g}" if status["tokens_per_s"] else "-"))
+    cache = status.get("prefix_cache")
+    if cache:
+        rows.append(("cache", f"{cache['bytes'] / 1024**2:.0f} MB of prefix KV; {cache['hit_rate']:.0%} of requests "
+                              f"reused a prefix ({cache['reused_token_share']:.0%} of prompt tokens)"))
     if status.get("log"):
         rows.append(("log", status["log"]))
     for label, value in rows:

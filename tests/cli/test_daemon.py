@@ -88,6 +88,8 @@ def test_start_status_logs_restart_stop(cli) -> None:
         assert rc == 0 and status["running"] and status["managed"] and status["pid"] == pid
         assert status["url"] == url and status["model"] == "smollm2-135m" and status["engine"] == "llamacpp"
         assert status["memory_rss_bytes"] > 10 * 1024**2 and status["requests"] == 1 and status["tokens_per_s"] >= 0
+        cache = status["prefix_cache"]
+        assert cache["bytes"] > 0 and cache["hit_rate"] == 0.0 and cache["reused_token_share"] == 0.0  # one cold request
         rc, out, _ = cli("status")
         assert rc == 0 and f"is running at {url}" in out and "requests  1" in out
 
