@@ -28,6 +28,7 @@ from benchmarks.clients import Sample  # noqa: E402
 from benchmarks.contenders import CONTENDERS, Contender, Context, SkipContender, resolve_mlx_folder  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     MAX_TOKENS,
+    MLX_CPU_MAX_PROMPT,
     MLX_REPETITIONS,
     CapturedRequest,
     Plan,
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repetitions", type=int, help="runs of each prompt (default 3, --quick 1)")
     parser.add_argument("--mlx-repetitions", type=int, default=MLX_REPETITIONS,
                         help=f"repetitions for MLX contenders in a full run (default {MLX_REPETITIONS}: slow on CPU)")
+    parser.add_argument("--mlx-max-prompt", type=int,
+                        help=f"longest prompt MLX contenders get in a full run (default {MLX_CPU_MAX_PROMPT} when "
+                        "MLX runs on a CPU, else no limit; 0: no limit)")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"output tokens (default {MAX_TOKENS})")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads for raw-llamacpp and llama-cpp-server (default: all cores)")
@@ -209,6 +213,15 @@ def prepare(args: argparse.Namespace, work_dir: Path, gguf: Path, builder: Promp
     return ctx, notes
 
 
+def mlx_max_prompt(args: argparse.Namespace) -> int:
+    """--mlx-max-prompt, or its default: a cap only where MLX computes on the CPU."""
+    if args.mlx_max_prompt is not None:
+        return args.mlx_max_prompt
+    from pensieve_server.engine.select import mlx_device
+
+    return MLX_CPU_MAX_PROMPT if mlx_device() in (None, "cpu") else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -235,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.names:
             contender = CONTENDERS[name](ctx)
-            engine_plan = plan.for_engine(contender.engine, args.quick, args.mlx_repetitions)
+            engine_plan = plan.for_engine(contender.engine, args.quick, args.mlx_repetitions, mlx_max_prompt(args))
             run["contenders"][name] = result = new_result(contender, engine_plan)
             run_contender(contender, builder, engine_plan, captured, ctx.token, result)
     except KeyboardInterrupt:

@@ -26,6 +26,8 @@ QUICK_CONCURRENCY = (1, 4)
 REPETITIONS = 3
 QUICK_REPETITIONS = 1
 MLX_REPETITIONS = 1  # MLX prefills ~14 tok/s on a 2-core x86 CPU: a 6,000-token prompt takes minutes
+MLX_CPU_MAX_PROMPT = 512  # ...and so, on a CPU, MLX gets no longer prompts (and no Claude Code replay)
+CLAUDE_CODE_PROMPT_TOKENS = 5858  # the captured request after fitting into SmolLM2's 8k context
 
 SHORT_SYSTEM = "You are a helpful assistant."
 SHORT_USER = "Write a long story about a robot who learns to paint."
@@ -145,17 +147,26 @@ class Plan:
     def chat_prompts(self) -> tuple[ChatPrompt, ...]:
         return (self.short, *self.sweep)
 
-    def for_engine(self, engine: str, quick: bool, mlx_repetitions: int = MLX_REPETITIONS) -> Plan:
-        """MLX is slow on a Linux CPU: --quick gives it only the short chat, a full run fewer repetitions."""
+    def for_engine(self, engine: str, quick: bool, mlx_repetitions: int = MLX_REPETITIONS,
+                   mlx_max_prompt: int = 0) -> Plan:
+        """MLX is slow on a Linux CPU: --quick gives it only the short chat, a full run fewer repetitions
+        and, with ``mlx_max_prompt``, no prompt longer than that (0: no limit, as on Metal)."""
         if engine != "mlx":
             return self
         if quick:
             return replace(self, sweep=(), concurrency=(), replay=False,
                            notes=(*self.notes, "--quick: MLX runs only the short chat (slow on CPU)"))
+        plan = self
         if mlx_repetitions < self.repetitions:
-            return replace(self, repetitions=mlx_repetitions,
-                           notes=(*self.notes, f"MLX: {mlx_repetitions} repetition(s) (--mlx-repetitions)"))
-        return self
+            plan = replace(plan, repetitions=mlx_repetitions,
+                           notes=(*plan.notes, f"MLX: {mlx_repetitions} repetition(s) (--mlx-repetitions)"))
+        if mlx_max_prompt:
+            sweep = tuple(p for p in plan.sweep if p.prompt_tokens <= mlx_max_prompt + 64)
+            replay = plan.replay and mlx_max_prompt >= CLAUDE_CODE_PROMPT_TOKENS
+            plan = replace(plan, sweep=sweep, replay=replay,
+                           notes=(*plan.notes, f"MLX: prompts of at most {mlx_max_prompt} tokens, "
+                                  "no Claude Code replay (--mlx-max-prompt; slow on CPU)"))
+        return plan
 
     def describe(self) -> dict[str, Any]:
         return {"repetitions": self.repetitions, "concurrency": list(self.concurrency), "replay": self.replay,

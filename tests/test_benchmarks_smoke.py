@@ -65,6 +65,9 @@ def test_quick_plan_gives_mlx_only_the_short_chat(builder: PromptBuilder) -> Non
     assert plan.for_engine("llamacpp", quick=True) == plan
     full = build_plan(builder, quick=False)
     assert full.for_engine("mlx", quick=False).repetitions == 1 and full.for_engine("mlx", False).sweep == full.sweep
+    capped = full.for_engine("mlx", False, mlx_max_prompt=512)
+    assert [p.key for p in capped.chat_prompts] == ["short", "sweep-512"] and not capped.replay
+    assert capped.concurrency == full.concurrency and full.for_engine("llamacpp", False, mlx_max_prompt=512) == full
 
 
 def test_replay_rewrites_cch_token_and_max_tokens() -> None:
