@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads for raw-llamacpp and llama-cpp-server (default: all cores)")
     parser.add_argument("--machine", help="machine label in the file name (default: host name)")
-    parser.add_argument("--claude-code-fixture", type=Path, help="captured Claude Code request (default: shared/)")
+    parser.add_argument("--claude-code-fixture", type=Path, help="captured Claude Code request (default: tests/fixtures/claude-code/)")
     parser.add_argument("--mlx-folder", type=Path, help="an existing MLX conversion (default: Pensieve's converter)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]

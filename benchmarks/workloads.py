@@ -35,7 +35,7 @@ SWEEP_SYSTEM = "You are a careful assistant who summarizes notes."
 SWEEP_INTRO = "Here are my notes from this week."
 SWEEP_INSTRUCTION = "Summarize the notes above in detail, point by point."
 FILLER_SEED = 1729
-FIXTURE = Path("fixtures/claude-code/tool-roundtrip-followup.json")
+FIXTURE = Path("tests/fixtures/claude-code/tool-roundtrip-followup.json")
 
 Render = Callable[[list[dict[str, str]]], str]
 Count = Callable[[str], int]
@@ -198,11 +198,9 @@ class CapturedRequest:
 
 
 def find_fixture(repo_root: Path) -> Path | None:
-    """The captured request in ``shared/`` (inside the checkout or beside it), if present."""
-    for base in (repo_root / "shared", repo_root.parent / "shared"):
-        if (base / FIXTURE).is_file():
-            return base / FIXTURE
-    return None
+    """The captured request committed with the tests, if present."""
+    path = repo_root / FIXTURE
+    return path if path.is_file() else None
 
 
 def load_captured(path: Path) -> CapturedRequest:

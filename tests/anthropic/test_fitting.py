@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +20,7 @@ from pensieve_server.anthropic.fitting import (
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.engine.base import ModelInfo
+from tests.fixtures import CLAUDE_CODE_REQUEST
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -29,8 +29,6 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SMOL = ModelInfo(name="smollm2-135m", context_length=8192, chat_template=CHATML)
-FIXTURE_NAME = "fixtures/claude-code/tool-roundtrip-followup.json"
-FIXTURES = [Path("/work/shared") / FIXTURE_NAME, Path(__file__).resolve().parents[2] / "shared" / FIXTURE_NAME]
 
 
 def count(request: MessagesRequest) -> int:
@@ -84,10 +82,7 @@ def make_request(messages: list[dict], *, max_tokens: int = 100, system: str = "
 
 
 def load_fixture() -> MessagesRequest:
-    path = next((path for path in FIXTURES if path.is_file()), None)
-    if path is None:
-        pytest.skip("captured Claude Code fixture not available")
-    body = json.loads(path.read_text())["body"]
+    body = json.loads(CLAUDE_CODE_REQUEST.read_text())["body"]
     messages = [
         {**m, "content": text(m["content"]) if isinstance(m["content"], str) else m["content"]} for m in body["messages"]
     ]

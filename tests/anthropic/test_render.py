@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -22,6 +21,7 @@ from pensieve_server.anthropic.template import (
 )
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.engine.base import ModelInfo
+from tests.fixtures import CLAUDE_CODE_REQUEST
 
 # SmolLM2-135M-Instruct's template, as stored in the embedded GGUF (tokenizer.chat_template).
 CHATML = (
@@ -79,8 +79,6 @@ NATIVE_TOOLS = """{%- if tools %}<|im_start|>system
 {%- if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
 
-FIXTURE = Path("/work/shared/fixtures/claude-code/tool-roundtrip-followup.json")
-REPO_FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/claude-code/tool-roundtrip-followup.json"
 
 BASH = {
     "name": "Bash",
@@ -102,10 +100,7 @@ def info(template: str) -> ModelInfo:
 
 
 def load_fixture() -> MessagesRequest:
-    path = FIXTURE if FIXTURE.is_file() else REPO_FIXTURE
-    if not path.is_file():
-        pytest.skip("captured Claude Code fixture not available")
-    body = json.loads(path.read_text())["body"]
+    body = json.loads(CLAUDE_CODE_REQUEST.read_text())["body"]
     messages = [
         {**m, "content": text(m["content"]) if isinstance(m["content"], str) else m["content"]} for m in body["messages"]
     ]

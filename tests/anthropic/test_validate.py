@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,8 @@ from pensieve_server.anthropic.validate import (
     parse_count_tokens_request,
     parse_messages_request,
 )
+from tests.fixtures import CLAUDE_CODE_REQUEST
 
-FIXTURE = Path("/work/shared/fixtures/claude-code/tool-roundtrip-followup.json")
 BASE: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
 TOOL = {"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object", "properties": {}}}
 
@@ -46,9 +45,8 @@ def user(content: Any) -> dict[str, Any]:
 
 # -- the real Claude Code request -------------------------------------------------------------------
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="shared fixture missing")
 def test_captured_claude_code_request_parses() -> None:
-    raw = json.loads(FIXTURE.read_text())["body"]
+    raw = json.loads(CLAUDE_CODE_REQUEST.read_text())["body"]
     request = parse_messages_request(raw)
     assert isinstance(request, MessagesRequest)
     assert request.model == "claude-opus-4-8"
@@ -72,9 +70,8 @@ def test_captured_claude_code_request_parses() -> None:
     assert result["is_error"] is False
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="shared fixture missing")
 def test_parsing_does_not_mutate_the_body() -> None:
-    raw = json.loads(FIXTURE.read_text())["body"]
+    raw = json.loads(CLAUDE_CODE_REQUEST.read_text())["body"]
     before = copy.deepcopy(raw)
     parse_messages_request(raw)
     assert raw == before
