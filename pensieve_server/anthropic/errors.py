@@ -57,6 +57,13 @@ class InternalError(ApiError):
     error_type = "api_error"
 
 
+class GatewayTimeout(ApiError):
+    """A server Pensieve forwards to (the upstream engine) stayed silent too long."""
+
+    status = 504
+    error_type = "timeout_error"
+
+
 class ServerOverloaded(ApiError):
     status = 529
     error_type = "overloaded_error"

@@ -15,6 +15,7 @@ import httpx
 
 from pensieve_server.anthropic.errors import (
     ApiError,
+    GatewayTimeout,
     InternalError,
     InvalidRequest,
     NotFound,
@@ -88,10 +89,10 @@ def from_transport(exc: httpx.TransportError, url: str, read_timeout: float) -> 
         return InternalError(f"upstream at {url} is unreachable ({_reason(exc)}); is it running? "
                              "Check upstream_url (`pensieve config get upstream_url`)")
     if isinstance(exc, httpx.ReadTimeout):
-        return InternalError(f"the upstream at {url} sent nothing for {read_timeout:g} s and was given up on; "
+        return GatewayTimeout(f"the upstream at {url} sent nothing for {read_timeout:g} s and was given up on; "
                              "it may be stuck or overloaded (raise upstream_timeout if it needs longer)")
     if isinstance(exc, httpx.TimeoutException):
-        return InternalError(f"the upstream at {url} timed out ({type(exc).__name__})")
+        return GatewayTimeout(f"the upstream at {url} timed out ({type(exc).__name__})")
     return InternalError(f"the upstream at {url} closed the connection before the answer was complete "
                          f"({_reason(exc)})")
 

@@ -132,8 +132,9 @@ def test_unreachable_upstream_is_a_clear_api_error() -> None:
 def test_silent_upstream_times_out_with_a_clear_message() -> None:
     with fake_openai(sleep(3)) as fake, \
             pensieve_in_front(fake.url, upstream_model="m", upstream_timeout=0.5) as server, \
-            pytest.raises(anthropic.InternalServerError, match=r"sent nothing for 0.5 s"):
+            pytest.raises(anthropic.InternalServerError, match=r"sent nothing for 0.5 s") as caught:
         sdk(server).messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[HELLO])
+    assert caught.value.status_code == 504 and caught.value.body["error"]["type"] == "timeout_error"
 
 
 def test_upstream_stalling_mid_stream_ends_in_an_error_event() -> None:
