@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -59,3 +61,28 @@ def running_server(
     finally:
         stop_server(server)
         thread.join(timeout=5)
+
+
+@contextmanager
+def embedded_llamacpp_server(home: Path, **overrides) -> Iterator[RunningServer]:
+    """The embedded model on llama.cpp behind the real Waitress server, with Pensieve's files under ``home``.
+
+    Greedy sampling (temperature 0) keeps the 135M model's answers reproducible for the same prompt.
+    """
+    from pensieve_server.models.embedded import EMBEDDED_NAME
+
+    previous = os.environ.get("PENSIEVE_HOME")
+    os.environ["PENSIEVE_HOME"] = str(home)
+    try:
+        settings = load_settings({"engine": "llamacpp"})
+        pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
+        options = {"engine": "llamacpp", "default_model": EMBEDDED_NAME, "temperature": 0.0, **overrides}
+        with running_server(pool=pool, **options) as server:
+            pool.get(EMBEDDED_NAME)
+            yield server
+        pool.close()
+    finally:
+        if previous is None:
+            os.environ.pop("PENSIEVE_HOME", None)
+        else:
+            os.environ["PENSIEVE_HOME"] = previous

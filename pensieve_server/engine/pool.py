@@ -32,8 +32,10 @@ class LoadedModel:
         return len(self.backend.tokenize(text))
 
     def close(self) -> None:
-        self.scheduler.close()
-        self.backend.close()
+        if self.scheduler.close():
+            self.backend.close()
+        else:  # freeing it under a running native call would crash the process
+            log.warning("%s: the engine did not stop in time; its memory is freed at exit", self.entry.name)
 
 
 class ModelPool:

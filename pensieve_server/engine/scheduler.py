@@ -113,9 +113,22 @@ class Scheduler:
                 self.active = None
                 job.events.put(_DONE)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> bool:
+        """Cancel every job, stop the worker and wait for it; True once it has stopped.
+
+        The backend must not be freed while the worker may still be inside it (a native crash), so
+        callers free it only on True. Cancelled jobs stop within one token.
+        """
+        for job in self._in_flight():
+            job.cancel.set()
         self._jobs.put(None)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
+
+    def _in_flight(self) -> list[Job]:
+        with self._jobs.mutex:
+            queued = [job for job in self._jobs.queue if job is not None]
+        return [job for job in (self.active, *queued) if job is not None]
 
 
 class BatchScheduler(Scheduler):
@@ -132,6 +145,9 @@ class BatchScheduler(Scheduler):
     @property
     def depth(self) -> int:
         return self._waiting
+
+    def _in_flight(self) -> list[Job]:
+        return super()._in_flight() + [job for job, _ in list(self.running.values())]
 
     def _admit(self, block: bool) -> bool:
         """Move one queued job into a slot; False when the scheduler is closing."""

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pensieve_server.engine.pool import ModelPool
-from pensieve_server.models.embedded import EMBEDDED_NAME
-from pensieve_server.models.store import ModelStore
-from pensieve_server.settings import load_settings
-from tests.serverutil import RunningServer, running_server
+from tests.serverutil import RunningServer, embedded_llamacpp_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,19 +28,9 @@ def claude_binary() -> str:
 
 @pytest.fixture(scope="module")
 def llamacpp_server(tmp_path_factory) -> Iterator[RunningServer]:
-    """The embedded model on llama.cpp behind the real Waitress server, shared by a module.
-
-    Greedy sampling keeps the 135M model's answers reproducible for the same prompt.
-    """
-    home = tmp_path_factory.mktemp("pensieve-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PENSIEVE_HOME", str(home))
-        settings = load_settings({"engine": "llamacpp"})
-        pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
-        with running_server(pool=pool, engine="llamacpp", default_model=EMBEDDED_NAME, temperature=0.0) as server:
-            pool.get(EMBEDDED_NAME)
-            yield server
-        pool.close()
+    """The embedded model on llama.cpp behind the real Waitress server, shared by a module."""
+    with embedded_llamacpp_server(tmp_path_factory.mktemp("pensieve-home")) as server:
+        yield server
 
 
 def claude_env(server: RunningServer, home: Path) -> dict[str, str]:
