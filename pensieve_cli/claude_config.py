@@ -5,19 +5,24 @@ rename. The re-check (size, mtime, content hash) catches another program writing
 the merge is then redone on its new content, so that program's change is kept. Before a file is first
 replaced, its exact bytes are copied under ``backups_dir/<timestamp>/`` and listed in that folder's
 ``journal.json``, which is what ``undo`` replays: byte-for-byte restores, and deletion of files the
-run created. Pure functions do the merging; :class:`ConfigWriter` does the file system work.
+run created. A run that fails part way is rolled back the same way at once; one killed part way is
+undone together with the run that finished its work. Pure functions do the merging;
+:class:`ConfigWriter` does the file system work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import glob
 import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +40,9 @@ BOM = b"\xef\xbb\xbf"
 NEW_FILE_MODE = 0o600  # the files hold the API token
 JOURNAL = "journal.json"
 RETRIES = 3
+STALE_TEMP_S = 300  # a temp file this old beside a target is left over from a killed run
+TEMP_SUFFIX = ".pensieve-tmp"
+INCOMPLETE = ("applying", "failed")  # journal statuses of a run that stopped part way
 
 Transform = Callable[[bytes | None], bytes | None]
 
@@ -267,7 +275,7 @@ def check_writable(path: Path, target: Path, snap: Snapshot) -> None:
 
 def _write_temp(target: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> Path:
     """A fully written, fsynced temp file beside ``target`` with the final mode (and owner, as root)."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".pensieve-tmp")
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -281,6 +289,26 @@ def _write_temp(target: Path, data: bytes, mode: int, owner: tuple[int, int] | N
         Path(name).unlink(missing_ok=True)
         raise
     return Path(name)
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """One line for a failed write; a full disk says so plainly."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {display(path)}: the disk is full ({exc.strerror}); free some space and run again"
+    return f"cannot write {display(path)}: {exc.strerror or exc}"
+
+
+def remove_stale_temps(target: Path, max_age_s: float = STALE_TEMP_S) -> None:
+    """Delete temp files beside ``target`` left by a run that was killed before its rename.
+
+    Only old ones: a young one may belong to a run going on right now.
+    """
+    cutoff = time.time() - max_age_s
+    with contextlib.suppress(OSError):
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if leftover.is_file() and not leftover.is_symlink() and leftover.lstat().st_mtime < cutoff:
+                    leftover.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -387,7 +415,12 @@ class ConfigWriter:
 
     # -- applying ------------------------------------------------------------------------------------
     def apply(self, edits: Sequence[Edit]) -> list[Change]:
-        """Write every edit that changes something; returns the changes made (empty: nothing to do)."""
+        """Write every edit that changes something; returns the changes made (empty: nothing to do).
+
+        All or nothing: when a write fails part way (a full disk, a file that keeps changing), the
+        files already written are put back as they were; only if that fails too does the error
+        point at ``--undo``.
+        """
         self.plan(edits)  # every file valid and writable before the first write
         run: _Run | None = None
         made: list[Change] = []
@@ -399,18 +432,31 @@ class ConfigWriter:
         except ConfigFileError as exc:
             if run is None:
                 raise
-            run.save("failed")
-            done = ", ".join(display(c.path) for c in made)
-            raise ConfigFileError(f"{exc}; already updated: {done} (`pensieve {self.command} --undo` restores them)") from None
+            raise ConfigFileError(self._roll_back(run, made, exc)) from None
         if run is not None:
-            run.save("done")
+            with contextlib.suppress(OSError):  # every file is written; only the journal's status is stale
+                run.save("done")
         return made
+
+    def _roll_back(self, run: _Run, made: Sequence[Change], exc: ConfigFileError) -> str:
+        """Put the files of a failed run back; the error message to show."""
+        with contextlib.suppress(OSError):
+            run.save("failed")
+        done = ", ".join(display(c.path) for c in made)
+        try:
+            self._undo_runs([(run.folder, {"command": run.command, "status": "failed", "files": run.files})])
+        except (OSError, ConfigFileError):
+            if made:
+                return f"{exc}; already updated: {done} (`pensieve {self.command} --undo` restores them)"
+        if not made:
+            return str(exc)
+        return f"{exc}; {done} {'was' if len(made) == 1 else 'were'} put back as before, so nothing was changed"
 
     def _apply_one(self, edit: Edit, run: _Run | None) -> tuple[Change | None, _Run | None]:
         try:
             return self._write_one(edit, run)
         except OSError as exc:
-            raise ConfigFileError(f"cannot write {display(edit.path)}: {exc.strerror or exc}") from None
+            raise ConfigFileError(write_error(edit.path, exc)) from None
 
     def _write_one(self, edit: Edit, run: _Run | None) -> tuple[Change | None, _Run | None]:
         target = target_of(edit.path)
@@ -422,6 +468,7 @@ class ConfigWriter:
                 return None, run
             check_writable(edit.path, target, snap)
             created_dirs += _make_parents(target.parent)
+            remove_stale_temps(target)
             mode = edit.mode if edit.mode is not None else (snap.mode if snap.mode is not None else NEW_FILE_MODE)
             tmp = _write_temp(target, after, mode, snap.owner)
             try:
@@ -469,27 +516,50 @@ class ConfigWriter:
         return found
 
     def undo(self) -> list[Restored]:
-        """Put back every file of the newest run exactly as it was; remove the files it created."""
+        """Put back every file of the newest run exactly as it was; remove the files it created.
+
+        Runs just before it that stopped part way (killed, or failed and not rolled back) are undone
+        too: the newest run finished their work, so "as before setup" means before them as well.
+        """
         runs = self.runs()
         if not runs:
             raise NothingToUndo(f"nothing to undo: no changes by Pensieve are recorded in {display(self.backups_dir)}")
-        folder, journal = runs[0]
-        entries = list(reversed(journal["files"]))
-        for entry in entries:  # check everything before the first write
-            target = Path(entry["target"])
-            check_writable(Path(entry["path"]), target, snapshot(target))
-            if entry["existed"] and not (folder / entry["backup"]).is_file():
-                raise ConfigFileError(
-                    f"the backup of {display(Path(entry['path']))} is missing from {display(folder)}; cannot undo"
-                )
-        restored = [self._restore(folder, entry) for entry in entries]
-        for entry in entries:
-            for created in reversed(entry.get("created_dirs", [])):
-                with contextlib.suppress(OSError):
-                    Path(created).rmdir()  # only when empty
-        run = _Run(folder, journal.get("command", self.command), journal["files"])
-        run.save(journal.get("status", "done"), undone_at=datetime.now(timezone.utc).isoformat())
-        return list(reversed(restored))
+        chain = [runs[0]]
+        for older in runs[1:]:
+            if older[1].get("status") not in INCOMPLETE:
+                break
+            chain.append(older)
+        return self._undo_runs(chain)
+
+    def _undo_runs(self, chain: Sequence[tuple[Path, dict[str, Any]]]) -> list[Restored]:
+        """Undo runs, newest first; every file is checked before the first write."""
+        for folder, journal in chain:
+            for entry in journal["files"]:
+                target = Path(entry["target"])
+                check_writable(Path(entry["path"]), target, snapshot(target))
+                if entry["existed"] and not (folder / entry["backup"]).is_file():
+                    raise ConfigFileError(
+                        f"the backup of {display(Path(entry['path']))} is missing from {display(folder)}; cannot undo"
+                    )
+        results: dict[Path, Restored] = {}
+        order: list[Path] = []
+        for folder, journal in chain:
+            entries = list(reversed(journal["files"]))
+            for entry in entries:
+                item = self._restore(folder, entry)
+                if item.path not in results:
+                    order.append(item.path)
+                previous = results.get(item.path)
+                if previous is None or item.action != "unchanged":
+                    saved = item.saved_copy or (previous.saved_copy if previous else None)
+                    results[item.path] = Restored(item.path, item.action, saved)
+            for entry in entries:
+                for created in reversed(entry.get("created_dirs", [])):
+                    with contextlib.suppress(OSError):
+                        Path(created).rmdir()  # only when empty
+            run = _Run(folder, journal.get("command", self.command), journal["files"])
+            run.save(journal.get("status", "done"), undone_at=datetime.now(timezone.utc).isoformat())
+        return [results[path] for path in reversed(order)]
 
     def _restore(self, folder: Path, entry: dict[str, Any]) -> Restored:
         path, target = Path(entry["path"]), Path(entry["target"])

@@ -1,10 +1,12 @@
 """The background server: pid file, spawn, wait for ``/health``, stop, log rotation. No argparse here.
 
-``pensieve start`` runs ``python -m pensieve_cli.main serve …`` in its own session with output
-appended to ``server.log`` and records it in ``Paths.pid_file`` (JSON). Every reader checks that the
-recorded process still runs and is a Pensieve server, and removes a stale file, so a crash or a
-reboot never leaves Pensieve believing it runs. Failures raise :class:`CliError` with the reason
-read from the log (e.g. the port in use), so ``setup --start`` can call :func:`start_background` too.
+``pensieve start`` runs ``python -m pensieve_cli.main serve --log-file server.log …`` in its own
+session with output appended to ``server.log`` (the server rotates that file itself once it passes
+``LOG_MAX_BYTES``, see :mod:`pensieve_cli.server_log`) and records it in ``Paths.pid_file`` (JSON).
+Every reader checks that the recorded process still runs and is a Pensieve server, and removes a
+stale file, so a crash or a reboot never leaves Pensieve believing it runs. Failures raise
+:class:`CliError` with the reason read from the log (e.g. the port in use), so ``setup --start`` can
+call :func:`start_background` too.
 """
 
 from __future__ import annotations
@@ -332,7 +334,10 @@ def serve_command(settings: Settings) -> list[str]:
     """The child's argv: every setting that decides where and what it serves, given explicitly."""
     argv = [sys.executable, "-m", "pensieve_cli.main", "serve", "--host", settings.host,
             "--port", str(settings.port), "--model", settings.default_model, "--engine", settings.engine,
-            "--log-level", settings.log_level]
+            "--log-level", settings.log_level,
+            # The server rotates its own log while it runs; see pensieve_cli.server_log.
+            "--log-file", str(settings.paths.server_log), "--log-max-bytes", str(LOG_MAX_BYTES),
+            "--log-keep", str(LOG_KEEP)]
     if settings.context_length:
         argv += ["--context-length", str(settings.context_length)]
     return argv

@@ -7,6 +7,7 @@ The process work lives in :mod:`pensieve_cli.daemon`; this module parses flags a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -272,7 +273,12 @@ def run_logs(args: argparse.Namespace) -> int:
         raise CliError("-n must be 0 or more", ExitStatus.USAGE)
     if not path.exists():
         raise CliError(f"no server log yet at {path}; start the server with `pensieve start`", ExitStatus.NOT_FOUND)
-    for line in tail_lines(path, args.lines):
+    lines = tail_lines(path, args.lines)
+    previous = path.with_name(f"{path.name}.1")  # just rotated: the rest of the last N lines is there
+    if len(lines) < args.lines and previous.is_file():
+        with contextlib.suppress(OSError):
+            lines = tail_lines(previous, args.lines - len(lines)) + lines
+    for line in lines:
         print(line)
     sys.stdout.flush()
     if args.follow:
@@ -300,6 +306,10 @@ def follow(path: Path, interval: float = 0.3, until: float | None = None) -> Non
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_ino != inode or st.st_size < handle.tell()):
+                rest = handle.read()  # written to the old file just before it was rotated
+                if rest and st.st_ino != inode:
+                    sys.stdout.write(rest.decode("utf-8", errors="replace"))
+                    sys.stdout.flush()
                 handle.close()
                 handle = open(path, "rb")  # noqa: SIM115
                 inode = os.fstat(handle.fileno()).st_ino

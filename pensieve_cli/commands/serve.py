@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pensieve_cli.context import settings_from_args
+from pensieve_cli.daemon import LOG_KEEP, LOG_MAX_BYTES
 from pensieve_cli.errors import CliError, ExitStatus
 
 SERVE_FLAGS = {"host": "host", "port": "port", "default_model": "model", "engine": "engine",
@@ -22,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_server_flags(parser)
+    # For `pensieve start` (see pensieve_cli.server_log): log to a file rotated while the server runs.
+    parser.add_argument("--log-file", dest="log_file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--log-max-bytes", dest="log_max_bytes", type=int, default=LOG_MAX_BYTES, help=argparse.SUPPRESS)
+    parser.add_argument("--log-keep", dest="log_keep", type=int, default=LOG_KEEP, help=argparse.SUPPRESS)
+    parser.add_argument("--log-check-s", dest="log_check_s", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -38,11 +45,20 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                         help="how much the server logs (default info)")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, args: argparse.Namespace | None = None) -> None:
+    """Log to stderr; with ``--log-file``, to that file, rotated by size while the server runs."""
+    handler: logging.Handler
+    if args is not None and getattr(args, "log_file", None):
+        from pensieve_cli.server_log import ServerLogHandler
+
+        handler = ServerLogHandler(args.log_file, args.log_max_bytes, args.log_keep)
+        handler.watch(args.log_check_s)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
 
 
@@ -56,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from pensieve_server.secrets import ensure_token
 
     settings = settings_from_args(args, SERVE_FLAGS)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, args)
     log = logging.getLogger("pensieve")
     if not settings.auth_token:
         settings = settings.replace(auth_token=ensure_token(settings.paths.token_file))

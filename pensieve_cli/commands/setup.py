@@ -28,6 +28,7 @@ from pensieve_cli.claude_config import (
     toml_transform,
     with_env,
     with_onboarding,
+    write_error,
 )
 from pensieve_cli.claude_env import claude_env
 from pensieve_cli.context import settings_from_args
@@ -302,7 +303,10 @@ def apply_changes(args: argparse.Namespace, writer: ConfigWriter, settings: Sett
     """Store the token and write the files; the writer merges again on whatever is there now."""
     token_file = settings.paths.token_file
     if new_token is not None and not read_token(token_file):
-        write_private(token_file, new_token + "\n")
+        try:
+            write_private(token_file, new_token + "\n")
+        except OSError as exc:
+            raise CliError(f"{write_error(token_file, exc)} — nothing was changed") from None
     token = settings.auth_token or read_token(token_file)  # another process may have made one meanwhile
     try:
         made = writer.apply(edits_for(settings, choices, token))

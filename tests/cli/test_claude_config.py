@@ -269,7 +269,7 @@ def test_a_file_that_never_stops_changing_is_refused(
     assert not list(tmp_path.glob(".settings.json.*"))
 
 
-def test_a_failure_after_some_files_were_written_says_how_to_undo(
+def test_a_failure_after_some_files_were_written_puts_them_back(
     tmp_path: Path, backups: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, busy = tmp_path / "first.json", tmp_path / "busy" / "settings.json"
@@ -284,10 +284,64 @@ def test_a_failure_after_some_files_were_written_says_how_to_undo(
 
     monkeypatch.setattr(claude_config, "_write_temp", busy_writer)
     writer = ConfigWriter(backups)
+    with pytest.raises(ConfigFileError, match=r"first\.json was put back as before, so nothing was changed"):
+        writer.apply([onboarding_edit(first), env_edit(busy)])
+    assert first.read_text() == "{}"
+    with pytest.raises(NothingToUndo):  # the failed run was rolled back: nothing left to undo
+        writer.undo()
+
+
+def test_a_failure_that_cannot_be_rolled_back_says_how_to_undo(
+    tmp_path: Path, backups: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, busy = tmp_path / "first.json", tmp_path / "busy" / "settings.json"
+    first.write_text("{}")
+    real_write_temp = claude_config._write_temp
+
+    def busy_writer(dest: Path, data: bytes, file_mode: int, owner: object) -> Path:
+        tmp = real_write_temp(dest, data, file_mode, owner)
+        if dest == busy:
+            dest.write_bytes(os.urandom(8).hex().join(["{\"x\": \"", "\"}"]).encode())
+            first.chmod(0o444)  # the rollback cannot write it back
+        return tmp
+
+    monkeypatch.setattr(claude_config, "_write_temp", busy_writer)
+    writer = ConfigWriter(backups)
     with pytest.raises(ConfigFileError, match=r"already updated: .*first\.json \(`pensieve setup --undo` restores"):
         writer.apply([onboarding_edit(first), env_edit(busy)])
+    first.chmod(0o644)
     writer.undo()
     assert first.read_text() == "{}"
+
+
+def test_undo_also_undoes_an_unfinished_run_before_the_last(tmp_path: Path, backups: Path) -> None:
+    """A run killed part way, then finished by the next one: one undo goes back to before both."""
+    first, second = tmp_path / "first.json", tmp_path / "settings.json"
+    first.write_bytes(b'{"a": 1}')
+    second.write_bytes(b'{"b": 2}')
+    writer = ConfigWriter(backups)
+    writer.apply([onboarding_edit(first)])
+    (journal,) = backups.glob(f"*/{claude_config.JOURNAL}")
+    data = json.loads(journal.read_text())
+    journal.write_text(json.dumps({**data, "status": "applying"}))  # as if killed before settings.json
+    writer.apply([onboarding_edit(first), env_edit(second)])
+    restored = writer.undo()
+    assert first.read_bytes() == b'{"a": 1}' and second.read_bytes() == b'{"b": 2}'
+    assert [(r.path, r.action) for r in restored] == [(first, "restored"), (second, "restored")]
+    with pytest.raises(NothingToUndo):
+        writer.undo()
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path: Path, backups: Path) -> None:
+    target = tmp_path / "settings.json"
+    target.write_text("{}")
+    stale = tmp_path / f".settings.json.dead{claude_config.TEMP_SUFFIX}"
+    young = tmp_path / f".settings.json.busy{claude_config.TEMP_SUFFIX}"
+    stale.write_text("{")
+    young.write_text("{")
+    os.utime(stale, (1, 1))
+    ConfigWriter(backups).apply([env_edit(target)])
+    assert not stale.exists() and young.exists()  # a young one may be another run's, going on now
 
 
 # -- undo --------------------------------------------------------------------------------------------
