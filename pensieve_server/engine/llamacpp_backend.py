@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.saved_states import SavedStates, common_prefix
 from pensieve_server.engine.scripted import CHATML_TEMPLATE
 from pensieve_server.models.store import ModelEntry
 
@@ -32,53 +33,6 @@ SAVE_MIN_DISCARD = 256
 # Restore a saved state only when it beats the live sequence by this many tokens.
 RESTORE_MIN_GAIN = 16
 END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
-
-
-def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    """Length of the longest common prefix of two token arrays."""
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if len(diff) else n
-
-
-class StateCache:
-    """Saved KV states of whole sequences, least recently used evicted first, bounded in bytes."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        self.limit_bytes = limit_bytes
-        self.items: list[tuple[np.ndarray, bytes]] = []  # oldest first
-        self.bytes = 0
-
-    def best(self, prompt: np.ndarray) -> tuple[int, int]:
-        """``(index, shared)``: the saved state sharing the longest prefix with ``prompt``; (-1, 0) if none."""
-        found, shared = -1, 0
-        for index, (tokens, _) in enumerate(self.items):
-            n = common_prefix(tokens, prompt)
-            if n > shared:
-                found, shared = index, n
-        return found, shared
-
-    def take(self, index: int) -> tuple[np.ndarray, bytes]:
-        """The state at ``index``, marked most recently used."""
-        item = self.items.pop(index)
-        self.items.append(item)
-        return item
-
-    def covers(self, tokens: np.ndarray) -> bool:
-        return any(len(saved) >= len(tokens) and common_prefix(saved, tokens) == len(tokens) for saved, _ in self.items)
-
-    def add(self, tokens: np.ndarray, data: bytes) -> None:
-        if len(data) > self.limit_bytes:
-            return
-        # A state whose tokens are a prefix of the new one is superseded by it.
-        self.items = [(t, d) for t, d in self.items if not (len(t) <= len(tokens) and common_prefix(t, tokens) == len(t))]
-        self.items.append((tokens, data))
-        while sum(len(d) for _, d in self.items) > self.limit_bytes:
-            self.items.pop(0)
-        self.bytes = sum(len(d) for _, d in self.items)
-
-    def clear(self) -> None:
-        self.items, self.bytes = [], 0
 
 
 def _gpu_device() -> str:
@@ -104,7 +58,7 @@ class LlamaCppBackend(Backend):
         self.info = info
         self.device = device
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        self._states = StateCache(cache_bytes_limit)
+        self._states: SavedStates[bytes] = SavedStates(cache_bytes_limit)
         self._pieces: dict[int, bytes] = {}
         self._bytes_per_token = 0
         self._closed = False
@@ -267,13 +221,14 @@ class LlamaCppBackend(Backend):
         llama = self._llama
         live = llama.input_ids[: llama.n_tokens]
         shared = common_prefix(live, prompt)
-        index, saved_shared = self._states.best(prompt)
         discard = len(live) - shared
         if discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= len(live)):
             self._save_live()
+        # Only now: saving can evict or supersede saved states, which moves their indices.
+        index, saved_shared = self._states.best(prompt)
         if index >= 0 and saved_shared >= shared + RESTORE_MIN_GAIN:
-            tokens, data = self._states.take(index)
-            self._restore(tokens, data)
+            saved = self._states.take(index)
+            self._restore(saved.tokens, saved.payload)
             shared = saved_shared
         keep = min(shared, len(prompt) - 1)
         self._lib.llama_memory_seq_rm(self._memory(), 0, keep, -1)
@@ -294,7 +249,7 @@ class LlamaCppBackend(Backend):
         buf = (ctypes.c_uint8 * size)()
         written = lib.llama_state_seq_get_data(llama.ctx, buf, size, 0)
         if written:
-            self._states.add(tokens, bytes(buf)[:written])
+            self._states.add(tokens, bytes(buf)[:written], written)
 
     def _restore(self, tokens: np.ndarray, data: bytes) -> None:
         llama, lib = self._llama, self._lib

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.engine.base import EngineError, ModelLoadError, SamplingParams, Step
-from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend, common_prefix
+from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
+from pensieve_server.engine.saved_states import common_prefix
 from pensieve_server.models.store import ModelEntry
 
 

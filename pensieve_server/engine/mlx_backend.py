@@ -4,11 +4,17 @@ One prompt cache holds one live sequence. A new prompt reuses its longest common
 that sequence (the cache is trimmed back to it, or rebuilt when its layers cannot be trimmed),
 mirroring the llama.cpp backend. ``_live`` always names exactly the tokens the cache holds, also
 after a cancelled or closed generation, so the next prompt never reuses stale keys and values.
+
+As in the llama.cpp backend, a prompt that would throw away a large part of the live sequence
+(another conversation) first saves a copy of it to a byte-bounded LRU of saved caches, and a
+prompt sharing more with a saved cache than with the live one gets that cache back: alternating
+between conversations does not re-prefill either of them.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import json
 import logging
 import threading
@@ -16,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, RESTORE_MIN_GAIN, SAVE_MIN_DISCARD
+from pensieve_server.engine.saved_states import SavedStates, common_prefix
 from pensieve_server.engine.scripted import CHATML_TEMPLATE
 from pensieve_server.models.store import ModelEntry, ModelStore
 
@@ -30,13 +38,8 @@ class _PrefillCancelled(Exception):
     """Raised from the prefill progress callback to abandon a prompt whose client went away."""
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    for index in range(n):
-        if a[index] != b[index]:
-            return index
-    return n
+def _nbytes(cache: list[Any]) -> int:
+    return sum(int(getattr(layer, "nbytes", 0) or 0) for layer in cache)
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -66,7 +69,8 @@ def _decoder_kind(hf_tokenizer: Any) -> str:
 class MlxBackend(Backend):
     name = "mlx"
 
-    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str = "cpu") -> None:
+    def __init__(self, model: Any, tokenizer: Any, info: ModelInfo, device: str = "cpu",
+                 cache_bytes_limit: int = DEFAULT_CACHE_BYTES) -> None:
         from mlx_lm.models.cache import make_prompt_cache
 
         self._model = model
@@ -77,6 +81,7 @@ class MlxBackend(Backend):
         self._make_cache: Callable[[], list[Any]] = lambda: make_prompt_cache(model)
         self._cache: list[Any] = self._make_cache()
         self._live: list[int] = []  # exactly the tokens whose keys/values are in self._cache
+        self._saved: SavedStates[list[Any]] = SavedStates(cache_bytes_limit)
         self._closed = False
         self._special = self._special_ids()
         self._stop_tokens = self._find_stop_tokens()
@@ -85,8 +90,12 @@ class MlxBackend(Backend):
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, entry: ModelEntry, store: ModelStore, context_length: int = 0) -> MlxBackend:
-        """Load ``entry``: an MLX folder as is, a GGUF through its (cached) MLX conversion."""
+    def load(cls, entry: ModelEntry, store: ModelStore, context_length: int = 0,
+             cache_bytes_limit: int = DEFAULT_CACHE_BYTES) -> MlxBackend:
+        """Load ``entry``: an MLX folder as is, a GGUF through its (cached) MLX conversion.
+
+        ``cache_bytes_limit`` bounds the saved copies of other conversations' caches (0: none kept).
+        """
         from pensieve_server.engine.select import mlx_device
 
         device = mlx_device()
@@ -116,7 +125,8 @@ class MlxBackend(Backend):
             raise
         except Exception as exc:  # noqa: BLE001 - mlx-lm raises ValueError, KeyError, FileNotFoundError, ...
             raise ModelLoadError(f"MLX could not load {entry.name} from {folder}: {exc}") from None
-        return cls(model, tokenizer, cls._model_info(entry, tokenizer, config, context_length), device)
+        info = cls._model_info(entry, tokenizer, config, context_length)
+        return cls(model, tokenizer, info, device, cache_bytes_limit)
 
     @staticmethod
     def _model_info(entry: ModelEntry, tokenizer: Any, config: dict[str, Any], context_length: int) -> ModelInfo:
@@ -280,7 +290,7 @@ class MlxBackend(Backend):
         return int(getattr(self._cache[0], "offset", 0)) if self._cache else 0
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Bring the cache to the longest prefix of ``prompt`` it holds; return that length.
+        """Bring the cache to the longest available prefix of ``prompt`` (live or saved); return its length.
 
         At least one prompt token is always left to evaluate, since sampling needs fresh logits.
         """
@@ -288,7 +298,19 @@ class MlxBackend(Backend):
 
         if self._offset() != len(self._live):
             self._reset()  # never trust a cache whose length we did not record
-        keep = min(common_prefix(self._live, prompt), len(prompt) - 1)
+        shared = common_prefix(self._live, prompt)
+        discard = len(self._live) - shared
+        if discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= len(self._live)):
+            self._save_live()
+        # Only now: saving can evict or supersede saved states, which moves their indices.
+        index, saved_shared = self._saved.best(prompt)
+        if index >= 0 and saved_shared >= shared + RESTORE_MIN_GAIN:
+            saved = self._saved.take(index)
+            if saved_shared >= len(saved.tokens) or can_trim_prompt_cache(saved.payload):
+                self._cache = copy.deepcopy(saved.payload)  # the saved copy stays untouched by what comes next
+                self._live = saved.tokens.tolist()
+                shared = saved_shared
+        keep = min(shared, len(prompt) - 1)
         if keep < len(self._live):
             if keep > 0 and can_trim_prompt_cache(self._cache):
                 trim_prompt_cache(self._cache, len(self._live) - keep)
@@ -297,6 +319,19 @@ class MlxBackend(Backend):
                 self._reset()
                 keep = 0
         return keep
+
+    def _save_live(self) -> None:
+        """Keep a copy of the live sequence's cache before another conversation replaces it."""
+        import mlx.core as mx
+
+        if not self._live or self._saved.covers(self._live):
+            return
+        size = _nbytes(self._cache)
+        if size > self._saved.limit_bytes:
+            return
+        saved = copy.deepcopy(self._cache)
+        mx.eval([layer.state for layer in saved])  # a copy of its own, not a lazy view of the live arrays
+        self._saved.add(self._live, saved, size)
 
     def _settle(self, seen: list[int]) -> None:
         """Record which tokens the cache really holds after a generation ended, however it ended."""
@@ -320,13 +355,14 @@ class MlxBackend(Backend):
     def cache_bytes(self) -> int:
         if self._closed:
             return 0
-        return sum(int(getattr(layer, "nbytes", 0) or 0) for layer in self._cache)
+        return self._saved.bytes + _nbytes(self._cache)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._cache = []
             self._live = []
+            self._saved.clear()
             self._pieces.clear()
             self._model = None
 

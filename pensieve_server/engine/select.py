@@ -143,20 +143,23 @@ def load_backend(
                              "the model pool loads upstream models itself")
     resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
     threads = cpu.compute_threads(compute_threads)
+    # Both single-sequence engines bound their saved prefix states the same way (0: auto-sized).
+    from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES
+
+    limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes or auto_cache_bytes()
     try:
         if engine == "llamacpp" and parallel > 1:
             from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 
             return LlamaCppBatchBackend.load_batched(entry, parallel, context_length, n_threads=threads)
         if engine == "llamacpp":
-            from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, LlamaCppBackend
+            from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
 
-            limit = DEFAULT_CACHE_BYTES if prefix_cache_bytes is None else prefix_cache_bytes or auto_cache_bytes()
             return LlamaCppBackend.load(entry, context_length, n_threads=threads, cache_bytes_limit=limit)
         from pensieve_server.engine.mlx_backend import MlxBackend
     except ImportError as exc:
         raise ModelLoadError(f"the {engine} engine does not import ({exc}); re-install Pensieve's dependencies") from None
-    return MlxBackend.load(entry, store, context_length)
+    return MlxBackend.load(entry, store, context_length, cache_bytes_limit=limit)
 
 
 class DeviceSummary(dict):

