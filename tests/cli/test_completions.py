@@ -259,7 +259,7 @@ class Zsh:
 
         self.out, self.how = tmp / "buffer.txt", how
         self.child = pexpect.spawn("zsh", ["-f", "-i"], env={**env, "TERM": "xterm"}, encoding="utf-8",
-                                   timeout=15, dimensions=(40, 200))
+                                   timeout=30, dimensions=(40, 200))
         # A widget bound to ^X^D writes the line being edited to a file, then clears it: no command runs.
         load = f"fpath=({SCRIPTS} $fpath); autoload -U compinit; compinit -u -D" if how == "fpath" else \
             f"autoload -U compinit; compinit -u -D; source {ZSH}"
@@ -272,7 +272,7 @@ class Zsh:
     def tab(self, line: str) -> str:
         self.out.unlink(missing_ok=True)
         self.child.send(line + "\t\x18\x04")  # keys are handled in order: TAB completes before ^X^D
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a loaded 2-core machine can take seconds per TAB
         while not self.out.exists() or not self.out.read_text().endswith("\n"):
             assert time.monotonic() < deadline, f"zsh did not answer: {self.child.before!r}"
             time.sleep(0.05)

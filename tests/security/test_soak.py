@@ -185,28 +185,35 @@ def test_disconnect_mid_generation_frees_the_scheduler() -> None:
 
 
 def test_disconnect_while_queued_never_reaches_the_engine() -> None:
-    """A client that leaves while waiting behind another is cancelled; its prompt is never generated."""
+    """A client that leaves while waiting behind another is cancelled; its prompt is never generated.
+
+    The first request holds the engine until the test lets it go, so the order does not depend on speed.
+    """
     backend = ScriptedBackend(delay_s=0.01, default_reply="ok")
-    backend.enqueue("y" * 150)  # the first request holds the engine for ~1.5 s
+    backend.enqueue("y" * 100_000)  # holds the engine until its client leaves
+    release = threading.Event()
     with running_server({"scripted": backend}, ping_interval=0.2) as server:
-        first: dict[str, Any] = {}
+        def holding_request() -> None:
+            with server.client(timeout=60) as http, http.stream("POST", "/v1/messages", json={
+                    **GOOD, "stream": True, "messages": [{"role": "user", "content": "first"}]}) as response:
+                for _ in response.iter_lines():
+                    if release.is_set():
+                        return
 
-        def long_request() -> None:
-            with server.client(timeout=30) as http:
-                first["response"] = http.post("/v1/messages", json={**GOOD, "messages": [
-                    {"role": "user", "content": "first"}]})
-
-        holder = threading.Thread(target=long_request)
+        holder = threading.Thread(target=holding_request)
         holder.start()
-        wait_until(lambda: not scheduler_idle(server) and backend.prompts, 5, "first job running")
+        wait_until(lambda: not scheduler_idle(server) and backend.prompts, 10, "first job running")
         queued_body = {**GOOD, "stream": True, "messages": [{"role": "user", "content": "queued and gone"}]}
         with httpx.Client(base_url=server.base_url, headers={"x-api-key": server.token}, timeout=10) as http, \
                 http.stream("POST", "/v1/messages", json=queued_body) as response:
             assert response.status_code == 200
             assert next(response.iter_lines()) == "event: message_start"
+        queue = model_of(server).scheduler._jobs
+        wait_until(lambda: any(job is not None and job.cancel.is_set() for job in list(queue.queue)), 10,
+                   "the queued job cancelled while still waiting")
+        release.set()
         holder.join(timeout=30)
-        assert first["response"].status_code == 200
-        wait_until(lambda: scheduler_idle(server), 5, "scheduler idle")
+        wait_until(lambda: scheduler_idle(server), 10, "scheduler idle")
         assert not any("queued and gone" in prompt for prompt in backend.prompts)
         with server.client(timeout=10) as http:
             assert http.post("/v1/messages", json=GOOD).status_code == 200
