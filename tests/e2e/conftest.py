@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pensieve_cli.claude_env import claude_env as product_env
 from tests.serverutil import RunningServer, embedded_llamacpp_server
 
 REPO = Path(__file__).resolve().parents[2]
+MAX_OUTPUT_TOKENS = 128
 
 
 def claude_binary() -> str:
@@ -38,13 +40,9 @@ def claude_env(server: RunningServer, home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True}))
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TERM", "TMPDIR", "SSL_CERT_FILE")}
-    return {
-        **keep,
-        "HOME": str(home),
-        "ANTHROPIC_BASE_URL": server.base_url,
-        "ANTHROPIC_AUTH_TOKEN": server.token,
-        "API_TIMEOUT_MS": "3000000",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-        "CLAUDE_CODE_DISABLE_THINKING": "1",
-    }
+    # Exactly what `pensieve setup` writes into settings.json (and `pensieve claude-env` prints).
+    # The 135M model sometimes rambles until its context is full, which takes minutes; Claude Code's own
+    # output cap keeps every answer short, so a run takes about a minute whatever the model says.
+    return {**keep, "HOME": str(home), **product_env(server.base_url, server.token),
+            "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_THINKING": "1",
+            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS)}

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from pensieve_server.engine.scripted import ScriptedBackend
-from tests.e2e.conftest import claude_binary, claude_env
+from tests.e2e.conftest import MAX_OUTPUT_TOKENS, claude_binary, claude_env
 from tests.serverutil import running_server
 
 pytestmark = pytest.mark.claude_code
@@ -21,19 +21,33 @@ def run_claude(args: list[str], env: dict[str, str], cwd, timeout: int = 420) ->
     )
 
 
+def answered_by_the_model(done: subprocess.CompletedProcess) -> dict:
+    """Claude Code's JSON result, checked to come from the real model through Pensieve.
+
+    A 135M model may not end its turn within Claude Code's output cap; Claude Code then asks it to
+    continue and finally reports the cap. That is the model's answer, judged by Claude Code, not a
+    failure of the path, so both outcomes pass; anything else (an API error, a hang) fails.
+    """
+    result = json.loads(done.stdout)
+    usage = result["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] > 2000, usage  # Claude Code's whole prompt
+    assert usage["output_tokens"] > 0, usage
+    if done.returncode != 0 or result["is_error"]:
+        assert f"exceeded the {MAX_OUTPUT_TOKENS} output token maximum" in result["result"], done.stdout + done.stderr
+    else:
+        assert result["result"].strip(), result
+    return result
+
+
 def test_print_answers_from_the_embedded_model_and_second_turn_hits_the_prefix_cache(llamacpp_server, tmp_path):
     env = claude_env(llamacpp_server, tmp_path / "home")
     work = tmp_path / "project"
     work.mkdir()
-    first = run_claude(["--print", "Say hello in 5 words", "--output-format", "json"], env, work)
-    assert first.returncode == 0, first.stderr + first.stdout
-    result = json.loads(first.stdout)
-    assert result["is_error"] is False, result
-    assert result["result"].strip(), result
-    second = run_claude(["--print", "Say hello in 5 words", "--output-format", "json"], env, work)
-    assert second.returncode == 0, second.stderr + second.stdout
-    usage = json.loads(second.stdout)["usage"]
-    assert usage["cache_read_input_tokens"] > 0, usage
+    first = answered_by_the_model(run_claude(["--print", "Say hello in 5 words", "--output-format", "json"], env, work))
+    assert first["usage"]["input_tokens"] > 2000  # a cold start: nothing cached yet
+    second = answered_by_the_model(run_claude(["--print", "Say hello in 5 words", "--output-format", "json"],
+                                              env, work))
+    assert second["usage"]["cache_read_input_tokens"] > 2000, second["usage"]
 
 
 def test_stream_json_output_parses(llamacpp_server, tmp_path):
