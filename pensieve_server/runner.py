@@ -76,9 +76,12 @@ def stop_server(server) -> None:
     with contextlib.suppress(Exception):  # best effort during shutdown
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
     if getattr(server, "_serving_thread", None) not in (None, threading.current_thread()):
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-    else:
-        wasyncore.close_all(server._map)
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            return
+        except OSError:  # the loop has already ended and closed its trigger: nothing runs to race with
+            pass
+    wasyncore.close_all(server._map)
 
 
 def run_in_thread(server) -> threading.Thread:
