@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pensieve_server.anthropic.template import render_chat, template_capabilities
@@ -121,23 +122,30 @@ def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # -- content blocks -------------------------------------------------------------------------------------
 
-def _blocks(content: Any) -> list[dict[str, Any]]:
+def content_blocks(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     return [block for block in content or [] if isinstance(block, dict)]
 
 
-def _plain_text(content: Any) -> str:
-    """Text of simple content (text, images, documents): what tool results and system items hold."""
+def _document_placeholder(block: dict[str, Any]) -> str:
+    return "[document]"
+
+
+def plain_text(content: Any, document: Callable[[dict[str, Any]], str] = _document_placeholder) -> str:
+    """Text of simple content (text, images, documents): what tool results and system items hold.
+
+    ``document`` says what a document block becomes (a placeholder here; the upstream engine inlines text ones).
+    """
     parts = []
-    for block in _blocks(content):
+    for block in content_blocks(content):
         kind = block.get("type")
         if kind == "text":
             parts.append(block.get("text", ""))
         elif kind == "image":
             parts.append("[image]")
         elif kind == "document":
-            parts.append("[document]")
+            parts.append(document(block))
     return "\n".join(part for part in parts if part)
 
 
@@ -150,7 +158,7 @@ _ERROR_NOTE = "[the tool reported an error]"
 
 
 def tool_response_text(content: Any, is_error: bool = False) -> str:
-    body = _plain_text(content)
+    body = plain_text(content)
     if is_error:
         body = f"{_ERROR_NOTE}\n{body}"
     return f"<tool_response>\n{body}\n</tool_response>"
@@ -161,19 +169,19 @@ def tool_response_text(content: Any, is_error: bool = False) -> str:
 def _user_messages(content: Any, native: bool, names: dict[str, str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     parts: list[str] = []
-    for block in _blocks(content):
+    for block in content_blocks(content):
         kind = block.get("type")
         if kind == "tool_result":
             if native:
                 call_id = block.get("tool_use_id", "")
-                body = _plain_text(block.get("content"))
+                body = plain_text(block.get("content"))
                 if block.get("is_error"):
                     body = f"{_ERROR_NOTE}\n{body}"
                 out.append({"role": "tool", "tool_call_id": call_id, "name": names.get(call_id, ""), "content": body})
             else:
                 parts.append(tool_response_text(block.get("content"), bool(block.get("is_error"))))
         else:
-            text = _plain_text([block])
+            text = plain_text([block])
             if text:
                 parts.append(text)
     if parts:
@@ -184,7 +192,7 @@ def _user_messages(content: Any, native: bool, names: dict[str, str]) -> list[di
 def _assistant_message(content: Any, native: bool, names: dict[str, str]) -> dict[str, Any] | None:
     parts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in _blocks(content):
+    for block in content_blocks(content):
         kind = block.get("type")
         if kind == "text" and block.get("text"):
             parts.append(block["text"])
@@ -262,7 +270,7 @@ def to_chat_messages(request: MessagesRequest, info: ModelInfo) -> tuple[list[di
     for message in request.messages:
         role = message.get("role")
         if role == "system":
-            text = _plain_text(message.get("content"))
+            text = plain_text(message.get("content"))
             if text:
                 messages.append({"role": "system", "content": text})
         elif role == "user":

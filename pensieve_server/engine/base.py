@@ -121,6 +121,13 @@ class Backend(ABC):
     device: str = "cpu"
     info: ModelInfo
 
+    def check_prompt(self, prompt: Sequence[int]) -> None:
+        """The errors every backend gives for a prompt it cannot start: empty, or as long as the context."""
+        if len(prompt) == 0:
+            raise EngineError("empty prompt")
+        if len(prompt) >= self.info.context_length:
+            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {self.info.context_length}")
+
     @abstractmethod
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text`` as the model sees it; special tokens in the text are parsed, no BOS is added."""

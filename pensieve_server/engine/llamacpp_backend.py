@@ -152,11 +152,8 @@ class LlamaCppBackend(Backend):
     def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
         if self._closed:
             raise EngineError("the model was unloaded")
+        self.check_prompt(prompt)
         n_ctx = self.info.context_length
-        if len(prompt) == 0:
-            raise EngineError("empty prompt")
-        if len(prompt) >= n_ctx:
-            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {n_ctx}")
         llama = self._llama
         tokens = np.asarray(prompt, dtype=np.intc)
         sampler = self._make_sampler(params)

@@ -88,10 +88,7 @@ class LlamaCppBatchBackend(LlamaCppBackend):
     # -- the batch API -------------------------------------------------------------------------------
     def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:
         """Start ``prompt`` in a free slot, reusing the longest cached prefix; prefill happens in step()."""
-        if len(prompt) == 0:
-            raise EngineError("empty prompt")
-        if len(prompt) >= self.info.context_length:
-            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {self.info.context_length}")
+        self.check_prompt(prompt)
         free = [slot for slot in self._slots if not slot.busy]
         if not free:
             raise EngineError("no free slot")  # the scheduler admits at most `parallel` requests

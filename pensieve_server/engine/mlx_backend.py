@@ -210,11 +210,8 @@ class MlxBackend(Backend):
     def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
         if self._closed:
             raise EngineError("the model was unloaded")
+        self.check_prompt(prompt)
         n_ctx = self.info.context_length
-        if len(prompt) == 0:
-            raise EngineError("empty prompt")
-        if len(prompt) >= n_ctx:
-            raise EngineError(f"the prompt has {len(prompt)} tokens; the context holds {n_ctx}")
         import mlx.core as mx
         from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_sampler

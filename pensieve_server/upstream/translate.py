@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pensieve_server.anthropic.errors import InternalError
-from pensieve_server.anthropic.render import neutralise_system_text, system_text
+from pensieve_server.anthropic.render import content_blocks, neutralise_system_text, plain_text, system_text
 from pensieve_server.anthropic.tools import (
     Piece,
     TextPiece,
@@ -56,12 +56,6 @@ FINISH_REASONS = {
 
 # -- request -------------------------------------------------------------------------------------------
 
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    return [block for block in content or [] if isinstance(block, dict)]
-
-
 def _document_text(block: dict[str, Any]) -> str:
     source = block.get("source") or {}
     if source.get("type") == "text" and isinstance(source.get("data"), str):
@@ -71,16 +65,7 @@ def _document_text(block: dict[str, Any]) -> str:
 
 def flatten_text(content: Any) -> str:
     """Text of simple content (what tool results and system items hold); images become ``[image]``."""
-    parts = []
-    for block in _blocks(content):
-        kind = block.get("type")
-        if kind == "text":
-            parts.append(block.get("text", ""))
-        elif kind == "image":
-            parts.append("[image]")
-        elif kind == "document":
-            parts.append(_document_text(block))
-    return "\n".join(part for part in parts if part)
+    return plain_text(content, document=_document_text)
 
 
 def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,7 +107,7 @@ def tool_message(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user_messages(content: Any) -> list[dict[str, Any]]:
-    blocks = _blocks(content)
+    blocks = content_blocks(content)
     out = [tool_message(block) for block in blocks if block.get("type") == "tool_result"]
     rest = _user_content([block for block in blocks if block.get("type") != "tool_result"])
     if rest is not None:
@@ -136,7 +121,7 @@ def _arguments(value: Any) -> str:
 
 def _assistant_message(content: Any) -> dict[str, Any] | None:
     texts, calls = [], []
-    for block in _blocks(content):
+    for block in content_blocks(content):
         kind = block.get("type")
         if kind == "text" and block.get("text"):
             texts.append(block["text"])
