@@ -115,7 +115,8 @@ def test_running_server_rotates_its_log_and_logs_still_work(capsys: pytest.Captu
 
         sender = threading.Thread(target=requests)
         sender.start()
-        daemon_command.follow(log, interval=0.05, until=time.monotonic() + 3.0)  # `pensieve logs -f`
+        # `pensieve logs -f` for long enough that a loaded machine sends all 120 requests meanwhile
+        daemon_command.follow(log, interval=0.05, until=time.monotonic() + 12.0)
         sender.join()
         followed = capsys.readouterr().out
 

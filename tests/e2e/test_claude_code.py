@@ -54,13 +54,13 @@ def test_stream_json_output_parses(llamacpp_server, tmp_path):
     env = claude_env(llamacpp_server, tmp_path / "home")
     done = run_claude(["--print", "Say hello in 5 words", "--output-format", "stream-json", "--verbose"],
                       env, tmp_path)
-    assert done.returncode == 0, done.stderr + done.stdout
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert lines[0]["type"] == "system"
-    assert lines[-1]["type"] == "result"
-    assert lines[-1]["subtype"] == "success"
-    assistant = [line for line in lines if line["type"] == "assistant"]
-    assert assistant and assistant[0]["message"]["content"]
+    assert lines[-1]["type"] == "result" and lines[-1]["subtype"] == "success"
+    if done.returncode != 0:  # the model did not end its turn within the cap (see answered_by_the_model)
+        assert f"exceeded the {MAX_OUTPUT_TOKENS} output token maximum" in lines[-1]["result"], done.stdout
+    assistant = [line for line in lines if line["type"] == "assistant" and line["message"]["model"] != "<synthetic>"]
+    assert assistant and assistant[0]["message"]["content"]  # the model's own blocks, not Claude Code's
 
 
 def test_bash_tool_round_trip_reaches_the_server(tmp_path):

@@ -195,7 +195,8 @@ def test_disconnect_while_queued_never_reaches_the_engine() -> None:
     with running_server({"scripted": backend}, ping_interval=0.2) as server:
         def holding_request() -> None:
             with server.client(timeout=60) as http, http.stream("POST", "/v1/messages", json={
-                    **GOOD, "stream": True, "messages": [{"role": "user", "content": "first"}]}) as response:
+                    **GOOD, "stream": True, "max_tokens": 100_000,
+                    "messages": [{"role": "user", "content": "first"}]}) as response:
                 for _ in response.iter_lines():
                     if release.is_set():
                         return
@@ -209,8 +210,8 @@ def test_disconnect_while_queued_never_reaches_the_engine() -> None:
             assert response.status_code == 200
             assert next(response.iter_lines()) == "event: message_start"
         queue = model_of(server).scheduler._jobs
-        wait_until(lambda: any(job is not None and job.cancel.is_set() for job in list(queue.queue)), 10,
-                   "the queued job cancelled while still waiting")
+        wait_until(lambda: any(job is not None and job.cancel.is_set() for job in list(queue.queue)), 30,
+                   "the queued job cancelled while still waiting")  # noticed at a ping write
         release.set()
         holder.join(timeout=30)
         wait_until(lambda: scheduler_idle(server), 10, "scheduler idle")
