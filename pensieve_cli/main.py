@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -122,7 +123,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    exit_process(main())
+
+
+def exit_process(status: int) -> None:
+    """Exit with ``status``; skips interpreter teardown once MLX is loaded.
+
+    MLX 0.32's CPU streams can abort the process while it tears down ("terminate called without
+    an active exception", exit 134) after a model ran on a worker thread; the server has already
+    stopped, closed its models and written its logs by then, so nothing is lost by leaving at once.
+    """
+    if "mlx.core" not in sys.modules:
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_messages", int, 10_000, "most messages accepted in one request"),
     Option("max_tools", int, 1_000, "most tool definitions accepted in one request"),
     Option("queue_size", int, 16, "requests that may wait for the engine before 529 overloaded"),
-    Option("parallel", int, 1, "requests generated together (llama.cpp batches them; MLX runs one at a time)"),
+    Option("parallel", int, 1, "requests generated together (continuous batching on llama.cpp and MLX)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
     Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core)"),
     Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),

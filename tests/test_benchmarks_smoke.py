@@ -1,7 +1,8 @@
-"""The benchmark harness on fake numbers and a fake tokenizer: no model, no server, no timing checks.
+"""The benchmark harness on fake numbers and a fake tokenizer: no server, no timing checks.
 
 It keeps ``benchmarks/`` from rotting silently: plan building, the Claude Code replay rewrite, the
-streaming parsers and the report (figures, targets, Markdown, JSON) all run here.
+streaming parsers and the report (figures, targets, Markdown, JSON) all run here; the raw-engine
+worker and the MLX weights it gets run on the real embedded model, with a few tokens each.
 """
 
 from __future__ import annotations
@@ -211,5 +212,44 @@ def test_contender_registry_and_cli_contract() -> None:
 
 def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
     pytest.importorskip("mlx_lm")
+    import mlx.core as mx
+
+    from pensieve_server.engine.select import mlx_device
+
     folder, why = contenders.resolve_mlx_folder(tmp_path)
     assert why == "" and folder is not None and (folder / "config.json").is_file()
+    if mlx_device() == "cpu":  # the same float32 weights Pensieve computes with there
+        tensors = {name: t for path in folder.glob("*.safetensors") for name, t in mx.load(str(path)).items()}
+        assert tensors and not [n for n, t in tensors.items() if t.dtype in (mx.float16, mx.bfloat16)]
+        assert contenders.resolve_mlx_folder(tmp_path)[0] == folder  # made once, then reused
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "mlx"])
+def test_raw_engine_worker_completes_and_batches_on_the_real_model(engine: str, tmp_path: Path) -> None:
+    """The raw-engine worker's protocol: ready, one timed completion, one batched decode of two prompts."""
+    pytest.importorskip("mlx_lm" if engine == "mlx" else "llama_cpp")
+    import subprocess
+    import sys
+
+    from pensieve_server.models.embedded import embedded_gguf_path
+
+    model = contenders.resolve_mlx_folder(tmp_path)[0] if engine == "mlx" else embedded_gguf_path()
+    question = chatml([{"role": "user", "content": "What is the capital of France?"}])
+    worker = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_engine", "--engine", engine, "--model", str(model),
+                               "--n-ctx", "2048"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert worker.stdin is not None and worker.stdout is not None
+
+    def ask(request: dict) -> dict:
+        worker.stdin.write(json.dumps(request) + "\n")
+        worker.stdin.flush()
+        return json.loads(worker.stdout.readline())
+
+    try:
+        assert json.loads(worker.stdout.readline())["ready"] is True
+        sample = Sample.from_json(ask({"op": "complete", "text": question, "max_tokens": 6, "workload": "short"}))
+        assert sample.ok and 0 < sample.output_tokens <= 6 and sample.prompt_tokens > 5
+        batch = ask({"op": "batch", "texts": [question, question.replace("France", "England")], "max_tokens": 6})
+        assert "error" not in batch and 2 <= batch["output_tokens"] <= 12 and batch["wall_s"] > 0
+    finally:
+        worker.stdin.close()
+        worker.wait(30)

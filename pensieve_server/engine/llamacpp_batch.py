@@ -14,14 +14,14 @@ again), so Claude Code's system prompt and tools are prefilled once for its para
 from __future__ import annotations
 
 import codecs
-import threading
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pensieve_server.engine.base import EngineError, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
 from pensieve_server.engine.saved_states import common_prefix
 from pensieve_server.models.store import ModelEntry
@@ -50,7 +50,7 @@ class Running:
     first: bool = True
 
 
-class LlamaCppBatchBackend(LlamaCppBackend):
+class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
     """The llama.cpp backend with ``parallel`` slots; :class:`BatchScheduler` drives :meth:`step`."""
 
     def __init__(self, llama: Any, info: Any, device: str, parallel: int, ctx: Any) -> None:
@@ -176,20 +176,6 @@ class LlamaCppBatchBackend(LlamaCppBackend):
             running.pending = [token]  # decoded (and cached) with the next step
         self._note_kv_bytes()
         return steps
-
-    # -- the single-request contract, on the same machinery --------------------------------------------
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
-        key = object()
-        self.admit(key, prompt, params)
-        try:
-            while not cancel.is_set():
-                step = self.step().get(key, False)
-                if step is None:
-                    return
-                if step is not False:
-                    yield step
-        finally:
-            self.release(key)
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def _pick(self, free: list[Slot], tokens: list[int]) -> Slot:

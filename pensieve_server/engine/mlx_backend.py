@@ -214,20 +214,11 @@ class MlxBackend(Backend):
         n_ctx = self.info.context_length
         import mlx.core as mx
         from mlx_lm.generate import generate_step
-        from mlx_lm.sample_utils import make_sampler
 
         tokens = [int(t) for t in prompt]
         cached = self._reuse_prefix(tokens)
-        if params.seed is not None:
-            mx.random.seed(params.seed & 0xFFFFFFFF)
-        greedy = params.temperature <= 0 or params.top_k == 1
-        sampler = make_sampler(
-            temp=0.0 if greedy else params.temperature,
-            top_p=params.top_p if 0 < params.top_p < 1 else 0.0,
-            top_k=max(params.top_k, 0),
-        )
-        fresh = len(tokens) - cached
-        processors = [self._repeat_penalty(params, fresh)] if params.repeat_penalty != 1.0 and params.repeat_last_n > 0 else None
+        # generate_step's token history starts at the first token it evaluates
+        sampler, processors = self._sampling(params, len(tokens) - cached)
 
         def progress(_done: int, _total: int) -> None:
             if cancel.is_set():
@@ -239,7 +230,7 @@ class MlxBackend(Backend):
             self._model,
             max_tokens=-1,
             sampler=sampler,
-            logits_processors=processors,
+            logits_processors=processors or None,
             prompt_cache=self._cache,
             prefill_step_size=PREFILL_STEP,
             prompt_progress_callback=progress,
@@ -263,6 +254,26 @@ class MlxBackend(Backend):
         finally:
             steps.close()
             self._settle(seen)
+
+    def _sampling(self, params: SamplingParams, history_prompt_len: int) -> tuple[Callable[[Any], Any], list[Any]]:
+        """mlx-lm's sampler and logits processors for ``params``.
+
+        ``history_prompt_len``: how many prompt tokens open the token history mlx-lm hands the
+        processors (the repeat penalty skips them). A seed reseeds MLX's global generator.
+        """
+        import mlx.core as mx
+        from mlx_lm.sample_utils import make_sampler
+
+        if params.seed is not None:
+            mx.random.seed(params.seed & 0xFFFFFFFF)
+        greedy = params.temperature <= 0 or params.top_k == 1
+        sampler = make_sampler(
+            temp=0.0 if greedy else params.temperature,
+            top_p=params.top_p if 0 < params.top_p < 1 else 0.0,
+            top_k=max(params.top_k, 0),
+        )
+        penalise = params.repeat_penalty != 1.0 and params.repeat_last_n > 0
+        return sampler, [self._repeat_penalty(params, history_prompt_len)] if penalise else []
 
     @staticmethod
     def _repeat_penalty(params: SamplingParams, prompt_len: int) -> Callable[[Any, Any], Any]:
@@ -356,12 +367,26 @@ class MlxBackend(Backend):
 
     def close(self) -> None:
         if not self._closed:
+            _finish_pending_work()
             self._closed = True
             self._cache = []
             self._live = []
             self._saved.clear()
             self._pieces.clear()
             self._model = None
+
+
+def _finish_pending_work() -> None:
+    """Wait for MLX's queued work (mlx-lm evaluates the next token asynchronously on its own stream).
+
+    Freeing the model or ending the process while a CPU stream still runs it aborts the whole
+    process ("terminate called without an active exception", seen with MLX 0.32 on Linux).
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    mx.synchronize(generation_stream)
+    mx.synchronize()
 
 
 _BYTE_DECODER = _byte_decoder()

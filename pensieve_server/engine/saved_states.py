@@ -3,9 +3,11 @@
 When a prompt would throw away much of the live sequence (another conversation), the backend saves
 a copy here first; a later prompt that shares more with a saved state than with the live one gets
 it back, so alternating conversations (Claude Code's main loop and its side tasks) are not prefilled
-again. The store is bounded in bytes and evicts the least recently used state first; every state
-holds its whole sequence, so a prefix shared by several conversations (Claude Code's system prompt
-and tools) stays available as long as any one of them is kept.
+again. The store is bounded in bytes. Every state holds its whole sequence, so a prefix shared by
+several conversations (Claude Code's system prompt and tools) stays available as long as any one of
+them is kept; and eviction takes states that were never reused first (one-off side tasks), least
+recently used first, before any state that a later prompt has already continued (the main
+conversation, whose prefix every turn shares).
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) 
     return int(diff[0]) if len(diff) else n
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: tokens are arrays
 class SavedState(Generic[Payload]):
     tokens: np.ndarray
     payload: Payload  # the backend's copy of the KV state: bytes for llama.cpp, cache layers for MLX
     size: int
+    reused: int = 0  # how often a prompt started from it (or from a state it superseded)
 
 
 class SavedStates(Generic[Payload]):
-    """Least recently used evicted first, never more than ``limit_bytes`` in all."""
+    """Never more than ``limit_bytes`` in all; never-reused states are evicted before reused ones, each
+    group least recently used first."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
@@ -54,6 +58,7 @@ class SavedStates(Generic[Payload]):
     def take(self, index: int) -> SavedState[Payload]:
         """The state at ``index``, marked most recently used. It stays saved: copy what you change."""
         item = self.items.pop(index)
+        item.reused += 1
         self.items.append(item)
         return item
 
@@ -66,13 +71,20 @@ class SavedStates(Generic[Payload]):
         if size > self.limit_bytes:
             return
         tokens = np.array(tokens)
-        # A state whose tokens are a prefix of the new one is superseded by it.
-        self.items = [item for item in self.items
-                      if not (len(item.tokens) <= len(tokens) and common_prefix(item.tokens, tokens) == len(item.tokens))]
-        self.items.append(SavedState(tokens, payload, size))
+        # A state whose tokens are a prefix of the new one is superseded by it (and passes on its reuse).
+        superseded = [item for item in self.items
+                      if len(item.tokens) <= len(tokens) and common_prefix(item.tokens, tokens) == len(item.tokens)]
+        self.items = [item for item in self.items if item not in superseded]
+        new = SavedState(tokens, payload, size, max((item.reused for item in superseded), default=0))
+        self.items.append(new)
         while sum(item.size for item in self.items) > self.limit_bytes:
-            self.items.pop(0)
+            self.items.remove(self._victim(new))
         self.bytes = sum(item.size for item in self.items)
+
+    def _victim(self, new: SavedState[Payload]) -> SavedState[Payload]:
+        """The oldest never-reused state, else the oldest; the state being added goes last of all."""
+        older = [item for item in self.items if item is not new] or [new]
+        return next((item for item in older if item.reused == 0), older[0])
 
     def clear(self) -> None:
         self.items, self.bytes = [], 0

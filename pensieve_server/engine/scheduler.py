@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pensieve_server.engine.base import Backend, Cancelled, EngineError, Event, Overloaded, SamplingParams
+from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.generation import Generation, generate
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class BatchScheduler(Scheduler):
     step, so a client that disconnects frees it within one token.
     """
 
-    def __init__(self, backend: Backend, queue_size: int = 16) -> None:
+    backend: BatchingBackend
+
+    def __init__(self, backend: BatchingBackend, queue_size: int = 16) -> None:
         self.running: dict[int, tuple[Job, Generation]] = {}
         super().__init__(backend, queue_size)
 
@@ -217,6 +220,6 @@ class BatchScheduler(Scheduler):
 
 def make_scheduler(backend: Backend, queue_size: int = 16) -> Scheduler:
     """A batching scheduler for backends that decode several sequences at once, else a sequential one."""
-    if getattr(backend, "parallel", 1) > 1 and hasattr(backend, "step"):
+    if isinstance(backend, BatchingBackend) and backend.parallel > 1:
         return BatchScheduler(backend, queue_size)
     return Scheduler(backend, queue_size)

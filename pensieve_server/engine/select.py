@@ -129,8 +129,8 @@ def load_backend(
 ) -> Backend:
     """Load ``entry`` on ``engine`` (resolved first when it is "auto").
 
-    ``parallel`` > 1 gives llama.cpp a batched context that decodes that many requests together;
-    the MLX backend serves requests one at a time whatever it is.
+    ``parallel`` > 1 decodes that many requests together: llama.cpp in one context with a KV stream
+    per slot, MLX through mlx-lm's BatchGenerator.
     """
     if engine == "auto":
         engine = resolve_engine(engine, entry)
@@ -157,8 +157,11 @@ def load_backend(
 
             return LlamaCppBackend.load(entry, context_length, n_threads=threads, cache_bytes_limit=limit)
         from pensieve_server.engine.mlx_backend import MlxBackend
+        from pensieve_server.engine.mlx_batch import MlxBatchBackend
     except ImportError as exc:
         raise ModelLoadError(f"the {engine} engine does not import ({exc}); re-install Pensieve's dependencies") from None
+    if parallel > 1:
+        return MlxBatchBackend.load_batched(entry, store, parallel, context_length, cache_bytes_limit=limit)
     return MlxBackend.load(entry, store, context_length, cache_bytes_limit=limit)
 
 

@@ -1,4 +1,5 @@
-"""Continuous batching on llama.cpp: parallel requests finish correctly, cancelled ones free their slot."""
+"""Continuous batching on llama.cpp and on MLX (mlx-lm's BatchGenerator), on the real embedded model:
+parallel requests finish correctly, cancelled ones free their slot, a full queue is overloaded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from pensieve_server.engine.base import Completion, Overloaded, SamplingParams, TextDelta
-from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
+from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.pool import ModelPool
 from pensieve_server.engine.scheduler import BatchScheduler, Job, make_scheduler
 from pensieve_server.models.embedded import EMBEDDED_NAME
@@ -17,8 +18,6 @@ from pensieve_server.models.store import ModelStore
 from pensieve_server.settings import load_settings
 from tests.engine.test_llamacpp_backend import chat
 from tests.serverutil import running_server
-
-pytest.importorskip("llama_cpp")
 
 QUESTIONS = {  # ones the 135M model answers right when asked alone
     "What is the capital of France?": "Paris",
@@ -28,10 +27,25 @@ QUESTIONS = {  # ones the 135M model answers right when asked alone
 }
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory):
-    entry = ModelStore(tmp_path_factory.mktemp("models")).embedded()
-    loaded = LlamaCppBatchBackend.load_batched(entry, parallel=2, context_length=2048)
+ENGINES = ["llamacpp", "mlx"]
+
+
+def load_batched(engine: str, store: ModelStore, parallel: int) -> BatchingBackend:
+    entry = store.embedded()
+    if engine == "mlx":
+        pytest.importorskip("mlx_lm")
+        from pensieve_server.engine.mlx_batch import MlxBatchBackend
+
+        return MlxBatchBackend.load_batched(entry, store, parallel, context_length=2048, cache_bytes_limit=1 << 28)
+    pytest.importorskip("llama_cpp")
+    from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
+
+    return LlamaCppBatchBackend.load_batched(entry, parallel=parallel, context_length=2048)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    loaded = load_batched(request.param, ModelStore(tmp_path_factory.mktemp("models")), parallel=2)
     yield loaded
     loaded.close()
 
@@ -99,11 +113,13 @@ def test_full_queue_is_overloaded(backend):
         scheduler.close()
 
 
-def test_parallel_http_streams_through_the_real_server(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_parallel_http_streams_through_the_real_server(engine, tmp_path, monkeypatch):
+    pytest.importorskip("mlx_lm" if engine == "mlx" else "llama_cpp")
     monkeypatch.setenv("PENSIEVE_HOME", str(tmp_path))
-    settings = load_settings({"engine": "llamacpp", "parallel": 4, "context_length": 2048})
+    settings = load_settings({"engine": engine, "parallel": 4, "context_length": 2048})
     pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
-    with running_server(pool=pool, engine="llamacpp", parallel=4, context_length=2048,
+    with running_server(pool=pool, engine=engine, parallel=4, context_length=2048,
                         default_model=EMBEDDED_NAME, temperature=0.0, repeat_penalty=1.0) as server:
         assert isinstance(pool.get(EMBEDDED_NAME).scheduler, BatchScheduler)
         started = threading.Barrier(len(QUESTIONS))

