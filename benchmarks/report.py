@@ -339,7 +339,7 @@ def _concurrency_section(summary: dict[str, Any]) -> list[str]:
               *(f"{n} vs 1" + (" (Pensieve ≥2×)" if n == 4 else "") for n in levels[1:])]
     note = ["", "Raw rows are the engine's own batched decode of the same prompts in one process (no HTTP, no "
             "client threads): the most batching gives on this machine. Server rows include prefill, HTTP and the "
-            "client threads, which share the same cores."]
+            "client threads, which share the same cores.", ""]
     return ["## Concurrent streams (aggregate output tok/s)", ""] + _table(header, rows) + note
 
 
