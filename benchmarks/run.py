@@ -117,13 +117,19 @@ def describe_sample(name: str, sample: Sample) -> str:
             f"({sample.prompt_tokens} in, {sample.cached_tokens} cached, {sample.output_tokens} out)")
 
 
-def run_chats(contender: Contender, builder: PromptBuilder, plan: Plan, samples: list[dict[str, Any]]) -> None:
-    """Every chat prompt, ``plan.repetitions`` times, appended to ``samples`` as they finish."""
+def run_chats(contenders: list[Contender], builder: PromptBuilder, plan: Plan,
+              results: dict[str, dict[str, Any]]) -> None:
+    """Every chat prompt, ``plan.repetitions`` times, round-robin over ``contenders``: each one gets a
+    prompt before any gets the next, and the order rotates each repetition, so a machine that speeds
+    up or slows down during the run (a shared VM does) weighs on every contender alike."""
     for rep in range(plan.repetitions):
+        turn = rep % len(contenders) if contenders else 0
+        order = contenders[turn:] + contenders[:turn]
         for prompt in plan.chat_prompts:
-            sample = contender.complete(builder.salted(prompt, salt_for(prompt.key, rep)), prompt.key, rep)
-            log(describe_sample(contender.name, sample))
-            samples.append(sample.to_json())
+            for contender in order:
+                sample = contender.complete(builder.salted(prompt, salt_for(prompt.key, rep)), prompt.key, rep)
+                log(describe_sample(contender.name, sample))
+                results[contender.name]["samples"].append(sample.to_json())
 
 
 def run_concurrent(contender: Contender, builder: PromptBuilder, plan: Plan, streams: int) -> dict[str, Any]:
@@ -178,30 +184,43 @@ def new_result(contender: Contender, plan: Plan) -> dict[str, Any]:
             "plan": plan.describe(), "notes": list(plan.notes)}
 
 
-def run_contender(contender: Contender, builder: PromptBuilder, plan: Plan, captured: CapturedRequest | None,
-                  token: str, result: dict[str, Any]) -> None:
-    """Start, warm up, run every workload of ``plan`` and stop; fills ``result`` as it goes."""
+def start_contender(contender: Contender, builder: PromptBuilder, plan: Plan, result: dict[str, Any]) -> bool:
+    """Start and warm up; False (and the reason in ``result``) when it cannot run."""
     log(f"{contender.name}: starting")
     started = time.perf_counter()
     try:
-        try:
-            contender.start()
-        except SkipContender as exc:
-            log(f"{contender.name}: skipped: {exc}")
-            result.update(status="skipped", reason=str(exc))
-            return
-        result["startup_s"] = time.perf_counter() - started
-        warm = contender.complete(builder.salted(plan.short, salt_for("warmup")), "warmup", 0)
-        log(describe_sample(contender.name, warm) + "  [warm-up, not counted]")
-        if plan.replay and contender.anthropic and captured is not None:
-            result["replay"] = run_replay(contender, captured, token, plan.short.max_tokens)
-        run_chats(contender, builder, plan, result["samples"])
-        for streams in plan.concurrency if contender.concurrent else ():
-            result["concurrency"].append(run_concurrent(contender, builder, plan, streams))
-        result["peak_rss_bytes"], result["rss_method"] = contender.peak_rss()
+        contender.start()
+    except SkipContender as exc:
+        log(f"{contender.name}: skipped: {exc}")
+        result.update(status="skipped", reason=str(exc))
+        return False
+    result["startup_s"] = time.perf_counter() - started
+    warm = contender.complete(builder.salted(plan.short, salt_for("warmup")), "warmup", 0)
+    log(describe_sample(contender.name, warm) + "  [warm-up, not counted]")
+    return True
+
+
+def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, captured: CapturedRequest | None,
+              token: str, results: dict[str, dict[str, Any]]) -> None:
+    """Contenders of one engine side by side: all started, the Claude Code replay, the chat prompts
+    round-robin, then each one's concurrency workload alone, its peak RSS, and all stopped."""
+    live: list[Contender] = []
+    try:
+        for contender in contenders:
+            if start_contender(contender, builder, plan, results[contender.name]):
+                live.append(contender)
+        for contender in live:
+            if plan.replay and contender.anthropic and captured is not None:
+                results[contender.name]["replay"] = run_replay(contender, captured, token, plan.short.max_tokens)
+        run_chats(live, builder, plan, results)
+        for contender in live:
+            for streams in plan.concurrency if contender.concurrent else ():
+                results[contender.name]["concurrency"].append(run_concurrent(contender, builder, plan, streams))
+            results[contender.name]["peak_rss_bytes"], results[contender.name]["rss_method"] = contender.peak_rss()
     finally:
-        contender.stop()
-        result["notes"] += contender.notes
+        for contender in contenders:
+            contender.stop()
+            results[contender.name]["notes"] += contender.notes
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -255,14 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     interrupted = False
     try:
-        for name in args.names:
-            contender = CONTENDERS[name](ctx)
-            engine_plan = plan.for_engine(contender.engine, args.quick, args.mlx_repetitions, mlx_max_prompt(args))
-            run["contenders"][name] = result = new_result(contender, engine_plan)
-            run_contender(contender, builder, engine_plan, captured, ctx.token, result)
+        for engine in dict.fromkeys(CONTENDERS[name].engine for name in args.names):
+            group = [CONTENDERS[name](ctx) for name in args.names if CONTENDERS[name].engine == engine]
+            engine_plan = plan.for_engine(engine, args.quick, args.mlx_repetitions, mlx_max_prompt(args))
+            for contender in group:
+                run["contenders"][contender.name] = new_result(contender, engine_plan)
+            run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"])
     except KeyboardInterrupt:
         interrupted = True
-        notes.append("interrupted: the last contender listed is incomplete and those after it did not run")
+        notes.append("interrupted: the engine group running then is incomplete and those after it did not run")
         log("interrupted; writing what was measured")
     run["duration_s"] = time.perf_counter() - started
     md, js = report.write_reports(run, args.out)
