@@ -272,7 +272,7 @@ class Zsh:
     def tab(self, line: str) -> str:
         self.out.unlink(missing_ok=True)
         self.child.send(line + "\t\x18\x04")  # keys are handled in order: TAB completes before ^X^D
-        deadline = time.monotonic() + 30  # a loaded 2-core machine can take seconds per TAB
+        deadline = time.monotonic() + 90  # a loaded 2-core machine can take tens of seconds per TAB
         while not self.out.exists() or not self.out.read_text().endswith("\n"):
             assert time.monotonic() < deadline, f"zsh did not answer: {self.child.before!r}"
             time.sleep(0.05)
