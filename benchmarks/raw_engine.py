@@ -42,7 +42,6 @@ class LlamaCppEngine:
             choice = chunk["choices"][0]
             yield 1 if choice.get("finish_reason") is None or choice.get("text") else 0
 
-
     def batch(self, prompts: list[list[int]], max_tokens: int) -> tuple[int, float]:
         """Decode every prompt together in one context (one sequence each, greedy): output tokens, seconds.
 
@@ -65,38 +64,30 @@ class LlamaCppEngine:
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
 
-        def decode(rows: list[tuple[int, int, int]]) -> list[int]:
-            """rows: (sequence, position, token); the greedy next token of each row."""
-            for i, (seq, pos, token) in enumerate(rows):
+        def decode(rows: list[tuple[int, int, int, bool]]) -> list[int]:
+            """rows: (sequence, position, token, wants logits); the greedy next token of each row that wants them."""
+            for i, (seq, pos, token, wanted) in enumerate(rows):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-                batch.seq_id[i][0], batch.logits[i] = seq, 1
+                batch.seq_id[i][0], batch.logits[i] = seq, int(wanted)
             batch.n_tokens = len(rows)
             if llama_cpp.llama_decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
             return [int(np.ctypeslib.as_array(ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, i),
                                                           ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)).argmax())
-                    for i in range(len(rows))]
+                    for i, row in enumerate(rows) if row[3]]
 
         try:
             start = time.perf_counter()
-            nexts, positions, produced = [], [], 0
-            for seq, prompt in enumerate(prompts):
-                for i, token in enumerate(prompt):
-                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
-                    batch.seq_id[i][0], batch.logits[i] = seq, int(i == len(prompt) - 1)
-                batch.n_tokens = len(prompt)
-                if llama_cpp.llama_decode(ctx, batch) != 0:
-                    raise RuntimeError("llama_decode failed on a prompt")
-                pointer = ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, len(prompt) - 1), ctypes.POINTER(ctypes.c_float))
-                nexts.append(int(np.ctypeslib.as_array(pointer, shape=(n_vocab,)).argmax()))
-                positions.append(len(prompt))
+            nexts = [decode([(seq, i, token, i == len(prompt) - 1) for i, token in enumerate(prompt)])[0]
+                     for seq, prompt in enumerate(prompts)]
+            positions = [len(prompt) for prompt in prompts]
             live = {seq for seq in range(n) if not llama_cpp.llama_vocab_is_eog(vocab, nexts[seq])}
             produced = len(live)
             for _ in range(max_tokens - 1):
                 if not live:
                     break
                 order = sorted(live)
-                sampled = decode([(seq, positions[seq], nexts[seq]) for seq in order])
+                sampled = decode([(seq, positions[seq], nexts[seq], True) for seq in order])
                 for seq, token in zip(order, sampled, strict=True):
                     positions[seq] += 1
                     nexts[seq] = token

@@ -91,7 +91,7 @@ class MlxBackend(Backend):
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
     def load(cls, entry: ModelEntry, store: ModelStore, context_length: int = 0,
-             cache_bytes_limit: int = DEFAULT_CACHE_BYTES) -> MlxBackend:
+             cache_bytes_limit: int = DEFAULT_CACHE_BYTES, **options: Any) -> MlxBackend:
         """Load ``entry``: an MLX folder as is, a GGUF through its (cached) MLX conversion.
 
         ``cache_bytes_limit`` bounds the saved copies of other conversations' caches (0: none kept).
@@ -126,7 +126,7 @@ class MlxBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - mlx-lm raises ValueError, KeyError, FileNotFoundError, ...
             raise ModelLoadError(f"MLX could not load {entry.name} from {folder}: {exc}") from None
         info = cls._model_info(entry, tokenizer, config, context_length)
-        return cls(model, tokenizer, info, device, cache_bytes_limit)
+        return cls(model, tokenizer, info, device, cache_bytes_limit, **options)
 
     @staticmethod
     def _model_info(entry: ModelEntry, tokenizer: Any, config: dict[str, Any], context_length: int) -> ModelInfo:

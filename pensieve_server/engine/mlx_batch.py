@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pensieve_server.engine.base import EngineError, SamplingParams, Step
@@ -36,7 +36,7 @@ class _Request:
     text_of: Callable[[int], str]
     first: bool = True
     # Set when mlx-lm ended the sequence itself (its context is full): the cache it handed back.
-    ended: tuple[list[Any], list[int]] | None = field(default=None)
+    ended: tuple[list[Any], list[int]] | None = None
 
 
 def _prefix_cache(layers: list[Any], keep: int) -> list[Any] | None:
@@ -76,11 +76,8 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
     @classmethod
     def load_batched(cls, entry: ModelEntry, store: ModelStore, parallel: int, context_length: int = 0,
                      cache_bytes_limit: int = 0) -> MlxBatchBackend:
-        backend = cls.load(entry, store, context_length, cache_bytes_limit=cache_bytes_limit)
+        backend = cls.load(entry, store, context_length, cache_bytes_limit=cache_bytes_limit, parallel=parallel)
         assert isinstance(backend, MlxBatchBackend)
-        backend.parallel = parallel
-        backend._generator.close()
-        backend._generator = backend._new_generator()
         return backend
 
     def _new_generator(self) -> Any:
@@ -141,10 +138,8 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         if request.ended is not None:
             layers, tokens = request.ended
         else:
-            taken = self._generator.remove([request.uid], return_prompt_caches=True).get(request.uid)
-            if taken is None:
-                return
-            layers, tokens = taken
+            removed = self._generator.remove([request.uid], return_prompt_caches=True)
+            layers, tokens = removed.get(request.uid, ([], []))
         self._keep(layers, list(tokens))
         if not self._running:
             self._batch_bytes = 0
