@@ -68,13 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(*flags, action="store_true", help=help_text)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pensieve_cli.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pensieve_cli.commands.{name}":
-                continue  # not built yet: absent from help rather than a stub
-            raise
-        module.register(subparsers)
+        # Every command is part of the product: one that fails to import must fail loudly, not vanish from help.
+        importlib.import_module(f"pensieve_cli.commands.{name}").register(subparsers)
     add_global_flags(subparsers)
     return parser
 

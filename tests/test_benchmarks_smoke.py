@@ -211,7 +211,6 @@ def test_contender_registry_and_cli_contract() -> None:
 
 
 def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
-    pytest.importorskip("mlx_lm")
     import mlx.core as mx
 
     from pensieve_server.engine.select import mlx_device
@@ -227,7 +226,6 @@ def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
 @pytest.mark.parametrize("engine", ["llamacpp", "mlx"])
 def test_raw_engine_worker_completes_and_batches_on_the_real_model(engine: str, tmp_path: Path) -> None:
     """The raw-engine worker's protocol: ready, one timed completion, one batched decode of two prompts."""
-    pytest.importorskip("mlx_lm" if engine == "mlx" else "llama_cpp")
     import subprocess
     import sys
 

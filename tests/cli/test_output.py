@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from pensieve_cli import ui
-from pensieve_cli.completions import find_parser
 from pensieve_cli.main import GETTING_STARTED, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,10 +43,6 @@ def pensieve(env: Mapping[str, str], *argv: str) -> subprocess.CompletedProcess[
     """Run the CLI as a person would, with stdout and stderr going to pipes (not a terminal)."""
     return subprocess.run([sys.executable, "-m", "pensieve_cli.main", *argv], cwd=REPO, env=dict(env),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
-
-
-def has_command(*words: str) -> bool:
-    return find_parser(build_parser(), words) is not None
 
 
 # -- help ------------------------------------------------------------------------------------------
@@ -129,9 +124,8 @@ PLAIN_COMMANDS = [
 def test_no_escape_codes_off_a_terminal(env: dict[str, str], no_color: bool) -> None:
     if no_color:
         env = {**env, "NO_COLOR": "1"}
-    commands = [argv for argv in PLAIN_COMMANDS if argv[:1] != ("models",) or has_command("models")]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda argv: (argv, pensieve(env, *argv)), commands))
+        results = list(pool.map(lambda argv: (argv, pensieve(env, *argv)), PLAIN_COMMANDS))
     for argv, proc in results:
         assert ESC not in proc.stdout and ESC not in proc.stderr, (argv, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr, (argv, proc.stderr)
@@ -141,7 +135,8 @@ def test_no_escape_codes_off_a_terminal(env: dict[str, str], no_color: bool) -> 
 
 def spawn(env: Mapping[str, str], *argv: str) -> str:
     """Run the CLI in a real pseudo-terminal; everything it wrote, escape codes included."""
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect
+
     child = pexpect.spawn(sys.executable, ["-m", "pensieve_cli.main", *argv], cwd=str(REPO), env=dict(env),
                           encoding="utf-8", timeout=60, dimensions=(40, 200))
     output = child.read()
@@ -251,7 +246,6 @@ MODEL = {"name": str, "format": str, "path": str, "source": str, "context_length
          "description": str}
 
 
-@pytest.mark.skipif(not has_command("models", "list"), reason="`pensieve models` is not built yet")
 def test_models_json(env: dict[str, str]) -> None:
     listed = json_of(env, "models", "list", "--json")
     assert isinstance(listed, list) and listed
@@ -262,11 +256,10 @@ def test_models_json(env: dict[str, str]) -> None:
     embedded = next(entry for entry in listed if entry["builtin"])
     assert embedded["name"] == "smollm2-135m" and embedded["default"] is True
     conforms(json_of(env, "models", "info", "smollm2-135m", "--json"), MODEL)
-    if has_command("models", "map"):
-        mapping = json_of(env, "models", "map", "--json")
-        assert [row["tier"] for row in mapping] == ["opus", "sonnet", "haiku"]
-        for row in mapping:
-            conforms(row, {"tier": str, "model": str, "mapped": bool, "source": str})
+    mapping = json_of(env, "models", "map", "--json")
+    assert [row["tier"] for row in mapping] == ["opus", "sonnet", "haiku"]
+    for row in mapping:
+        conforms(row, {"tier": str, "model": str, "mapped": bool, "source": str})
 
 
 # -- -q ----------------------------------------------------------------------------------------------
@@ -279,9 +272,8 @@ def test_quiet_commands_print_only_what_was_asked(env: dict[str, str], tmp_path:
     assert pensieve(env, "config", "get", "port", "-q").stdout == "7777\n"  # requested data still comes
     loud, quiet = pensieve(env, "status"), pensieve(env, "status", "-q")
     assert quiet.returncode == loud.returncode == 3 and len(quiet.stdout.splitlines()) == 1
-    if has_command("models", "list"):
-        loud, quiet = pensieve(env, "models", "list"), pensieve(env, "-q", "models", "list")
-        assert "smollm2-135m" in quiet.stdout and "Storage" in loud.stdout and "Storage" not in quiet.stdout
+    loud, quiet = pensieve(env, "models", "list"), pensieve(env, "-q", "models", "list")
+    assert "smollm2-135m" in quiet.stdout and "Storage" in loud.stdout and "Storage" not in quiet.stdout
 
 
 def test_errors_are_one_line_without_a_traceback(env: dict[str, str]) -> None:

@@ -373,16 +373,11 @@ def test_start_does_not_start_a_model_that_is_not_downloaded(cli, home: Path,
     assert rc == 0 and "Next:\n  pensieve models pull qwen3-4b\n  pensieve start\n  claude" in out
 
 
-def test_start_without_a_daemon_says_how_to_start(cli, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(setup, "daemon_module", lambda: None)
-    rc, out, _ = cli("setup", "--yes", "--start")
-    assert rc == 0 and "pensieve serve" in out
-
-
 # -- the interactive flow, through a real pseudo-terminal --------------------------------------------
 
 def spawn_setup(*argv: str):
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect
+
     return pexpect.spawn(sys.executable, ["-m", "pensieve_cli.main", "setup", *argv], cwd=str(REPO),
                          env=subprocess_env(), encoding="utf-8", timeout=30, dimensions=(50, 160))
 

@@ -15,8 +15,6 @@ from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
 from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 from pensieve_server.models.store import ModelEntry, ModelStore
 
-pytest.importorskip("llama_cpp")
-
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 
 

