@@ -18,6 +18,7 @@ from pensieve_server.anthropic.errors import (
     ServerOverloaded,
 )
 from pensieve_server.anthropic.fitting import fit_request
+from pensieve_server.anthropic.media import count_images, images_notice
 from pensieve_server.anthropic.model_names import resolve_model_name
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.stream import MessageAssembler
@@ -59,6 +60,7 @@ class Prepared:
     fit_actions: list[str] = field(default_factory=list)
     requested_max_tokens: int = 0  # the client's max_tokens, before the context capped it
     upstream: UpstreamPlan | None = None  # set when an upstream server answers instead of a local model
+    notices: list[str] = field(default_factory=list)  # what the client should know (x-pensieve-notice)
 
 
 class MessagesService:
@@ -82,15 +84,12 @@ class MessagesService:
                 raise NotFound(f"model: {requested} (available: {', '.join(names) or 'none'})") from None
             raise InternalError(f"could not load model {local!r}: {exc}") from None
 
-    def _check_content(self, request: MessagesRequest, model: LoadedModel) -> None:
-        if model.info.supports_vision:
-            return
-        for index, message in enumerate(request.messages):
-            for block in message["content"]:
-                if _has_image(block):
-                    raise InvalidRequest(
-                        f"messages.{index}.content: model {model.entry.name!r} does not accept images"
-                    )
+    def _media_notices(self, request: MessagesRequest, model: LoadedModel) -> list[str]:
+        """Images become text notes for a local model (never a 400 that ends the session): say so."""
+        notice = images_notice(count_images(request.messages), model.entry.name)
+        if notice:
+            log.info("%s", notice)
+        return [notice] if notice else []
 
     def _count(self, model: LoadedModel):
         return lambda request: model.count_tokens(render_prompt(request, model.info))
@@ -104,7 +103,7 @@ class MessagesService:
             plan = self.upstream.prepare(request, body, model)
             params = SamplingParams(max_tokens=plan.request.max_tokens)
             return Prepared(plan.request, model, [], params, plan.actions, request.max_tokens, upstream=plan)
-        self._check_content(request, model)
+        notices = self._media_notices(request, model)
         context = model.info.context_length
         if self.settings.context_policy == "strict" and request.max_tokens > context:
             raise InvalidRequest(
@@ -128,7 +127,7 @@ class MessagesService:
             stop_sequences=tuple(request.stop_sequences),
             repeat_penalty=self.settings.repeat_penalty,
         )
-        return Prepared(fit.request, model, prompt, params, fit.actions, request.max_tokens)
+        return Prepared(fit.request, model, prompt, params, fit.actions, request.max_tokens, notices=notices)
 
     def count_tokens(self, body: Any) -> int:
         request = _without_server_tools(parse_count_tokens_request(
@@ -210,13 +209,6 @@ def _without_server_tools(request: MessagesRequest) -> MessagesRequest:
     if not any(is_server_tool(tool) for tool in request.tools):
         return request
     return request.replace(tools=[tool for tool in request.tools if not is_server_tool(tool)])
-
-
-def _has_image(block: dict) -> bool:
-    if block.get("type") == "image":
-        return True
-    content = block.get("content")
-    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in content)
 
 
 __all__ = ["ApiError", "MessagesService", "Prepared"]

@@ -11,7 +11,8 @@ Mapping:
 - ``tool_use`` → Hermes ``<tool_call>`` JSON in the assistant turn; ``tool_result`` →
   ``<tool_response>`` in the user turn. Templates that render tools natively (Qwen 2.5, Hermes,
   Llama 3.1…) get OpenAI-style ``tools``, ``tool_calls`` and ``role: "tool"`` messages instead.
-- thinking blocks are dropped; images and documents become ``[image]`` / ``[document]``.
+- thinking blocks are dropped; an image becomes a short note (media.py: the model cannot see it);
+  a document becomes its text (plain text, PDF) or a note.
 - consecutive turns of one role are merged, as the Anthropic API does.
 """
 
@@ -22,6 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from pensieve_server.anthropic.media import document_text, image_note
 from pensieve_server.anthropic.template import render_chat, template_capabilities
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.engine.base import ModelInfo
@@ -128,14 +130,11 @@ def content_blocks(content: Any) -> list[dict[str, Any]]:
     return [block for block in content or [] if isinstance(block, dict)]
 
 
-def _document_placeholder(block: dict[str, Any]) -> str:
-    return "[document]"
-
-
-def plain_text(content: Any, document: Callable[[dict[str, Any]], str] = _document_placeholder) -> str:
+def plain_text(content: Any, document: Callable[[dict[str, Any]], str] = document_text,
+               image: Callable[[dict[str, Any]], str] = image_note) -> str:
     """Text of simple content (text, images, documents): what tool results and system items hold.
 
-    ``document`` says what a document block becomes (a placeholder here; the upstream engine inlines text ones).
+    ``document`` and ``image`` say what those blocks become (by default their text, and a note).
     """
     parts = []
     for block in content_blocks(content):
@@ -143,7 +142,7 @@ def plain_text(content: Any, document: Callable[[dict[str, Any]], str] = _docume
         if kind == "text":
             parts.append(block.get("text", ""))
         elif kind == "image":
-            parts.append("[image]")
+            parts.append(image(block))
         elif kind == "document":
             parts.append(document(block))
     return "\n".join(part for part in parts if part)

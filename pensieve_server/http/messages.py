@@ -50,6 +50,8 @@ def create_message():
     headers = {"pensieve-model": prepared.model.entry.name}
     if prepared.fit_actions:
         headers["pensieve-context-fit"] = "; ".join(prepared.fit_actions)[:1000]
+    if prepared.notices:
+        headers["x-pensieve-notice"] = "; ".join(prepared.notices)[:1000]
     if prepared.request.stream:
         interval = current_app.extensions["pensieve"].settings.ping_interval
 

@@ -56,16 +56,14 @@ FINISH_REASONS = {
 
 # -- request -------------------------------------------------------------------------------------------
 
-def _document_text(block: dict[str, Any]) -> str:
-    source = block.get("source") or {}
-    if source.get("type") == "text" and isinstance(source.get("data"), str):
-        return source["data"]
-    return "[document]"
+def _tool_image_note(block: dict[str, Any]) -> str:
+    return "[image omitted: an OpenAI-style tool message carries text only]"
 
 
 def flatten_text(content: Any) -> str:
-    """Text of simple content (what tool results and system items hold); images become ``[image]``."""
-    return plain_text(content, document=_document_text)
+    """Text of simple content (what tool results and system items hold); documents give their text
+    (plain text, PDF), images a note (user turns forward them as ``image_url`` parts instead)."""
+    return plain_text(content, image=_tool_image_note)
 
 
 def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:

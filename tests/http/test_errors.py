@@ -96,13 +96,20 @@ def test_max_tokens_above_model_limit_is_400_when_strict(scripted):
     assert "max_tokens" in body["error"]["message"]
 
 
-def test_image_for_text_model_is_400(server):
+def test_image_for_text_model_is_a_note_not_a_400(server, scripted):
+    """One pasted screenshot must not end the session: the model reads a note, the response says so."""
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    read = {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "x.png"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": [image]}
     with server.client() as http:
-        body = assert_error(http.post("/v1/messages", json={
-            **GOOD, "messages": [{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}]}),
-            400, "invalid_request_error")
-    assert "image" in body["error"]["message"]
+        response = http.post("/v1/messages", json={**GOOD, "messages": [
+            {"role": "user", "content": [image, {"type": "text", "text": "what?"}]},
+            {"role": "assistant", "content": [read]},
+            {"role": "user", "content": [result]}]})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-pensieve-notice"] == "2 images replaced by a text note: model scripted cannot see images"
+    assert scripted.prompts[-1].count("omitted: the local model cannot see images") == 2
+    assert "iVBORw0KGgo" not in scripted.prompts[-1]
 
 
 def test_full_queue_is_529_overloaded(scripted):
