@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pensieve_server.settings import Settings
+from pensieve_server.units import format_size
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 MIN_PYTHON = (3, 10)
@@ -123,10 +124,6 @@ def _version(distribution: str) -> str:
         return "?"
 
 
-def human_bytes(size: float) -> str:
-    return f"{size / 1000**3:.1f} GB" if size >= 1000**3 else f"{size / 1000**2:.0f} MB"
-
-
 # -- this machine ------------------------------------------------------------------------------------
 
 def check_python(ctx: Context) -> Check:
@@ -225,7 +222,7 @@ def check_model(ctx: Context) -> Check:
         return Check("model", FAIL, f"{name} is installed, but the tier map names missing models: "
                      f"{', '.join(missing_tiers)}", "pensieve setup --model NAME, or `pensieve models pull` them")
     where = "embedded" if entry.builtin else entry.path
-    return Check("model", OK, f"{name} ({entry.format}, {human_bytes(entry.size_bytes)}, {where})",
+    return Check("model", OK, f"{name} ({entry.format}, {format_size(entry.size_bytes, precise=False)}, {where})",
                  data={"size_bytes": entry.size_bytes, "context_length": entry.context_length})
 
 
@@ -242,7 +239,7 @@ def check_model_loads(ctx: Context) -> Check:
     available = available_ram_bytes()
     needed = ram_needed(entry.size_bytes)
     if available and available < needed:
-        return Check("model loads", FAIL, f"not tried: {human_bytes(needed)} needed, {human_bytes(available)} "
+        return Check("model loads", FAIL, f"not tried: {format_size(needed, precise=False)} needed, {format_size(available, precise=False)} "
                      "of memory available", "close other programs or choose a smaller model (`pensieve setup`)")
     from pensieve_server.engine.select import load_backend, resolve_engine
     from pensieve_server.models.store import ModelStore
@@ -295,12 +292,12 @@ def check_resources(ctx: Context) -> Check:
     size = entry.size_bytes if entry else (known.size_bytes if known else 0)
     free_disk = shutil.disk_usage(_existing(ctx.settings.paths.models_dir)).free
     total, available = catalog.total_ram_bytes(), available_ram_bytes()
-    memory = f"{human_bytes(available)} of {human_bytes(total)} memory free" if available else \
-        f"{human_bytes(total)} memory"
-    detail = f"{human_bytes(free_disk)} disk free, {memory}; {name} needs about {human_bytes(ram_needed(size))}"
+    memory = f"{format_size(available, precise=False)} of {format_size(total, precise=False)} memory free" if available else \
+        f"{format_size(total, precise=False)} memory"
+    detail = f"{format_size(free_disk, precise=False)} disk free, {memory}; {name} needs about {format_size(ram_needed(size), precise=False)}"
     data = {"disk_free_bytes": free_disk, "ram_total_bytes": total, "ram_available_bytes": available}
     if entry is None and size and free_disk < size * 1.1:
-        return Check("resources", FAIL, f"{detail}, and {human_bytes(size)} of disk to download",
+        return Check("resources", FAIL, f"{detail}, and {format_size(size, precise=False)} of disk to download",
                      "free some disk space first", data)
     if free_disk < GIB:
         return Check("resources", WARN, detail, "free some disk space: logs and model conversions need room", data)

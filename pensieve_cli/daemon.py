@@ -27,6 +27,7 @@ from typing import Any
 
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_server import __version__
+from pensieve_server.bind_policy import loopback_for
 from pensieve_server.settings import Paths, Settings
 
 LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -148,7 +149,7 @@ def stop_process(pid: int, timeout: float = STOP_TIMEOUT_S) -> str:
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether something accepts connections on ``host:port`` (a wildcard bind is reached via loopback)."""
-    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    target = loopback_for(host)
     try:
         with socket.create_connection((target, port), timeout=timeout):
             return True

@@ -15,9 +15,10 @@ from typing import TextIO
 from pensieve_cli import ui
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_server.models import hub
-from pensieve_server.models.hub import HubNotFound, Progress, PullPlan, format_size
+from pensieve_server.models.hub import HubNotFound, Progress, PullPlan
 from pensieve_server.models.store import ModelError, ModelStore
 from pensieve_server.settings import Paths
+from pensieve_server.units import format_size
 
 PLAIN_INTERVAL = 10.0  # seconds between progress lines when not on a terminal
 TTY_INTERVAL = 0.1  # seconds between redraws on a terminal

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # every interface: the one list of them
 
 
 class BindRefused(ValueError):
@@ -31,6 +31,13 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def loopback_for(host: str) -> str:
+    """The address a local client connects to: loopback for a wildcard bind, ``host`` itself otherwise."""
+    if host.strip() in WILDCARD_HOSTS:
+        return "::1" if host.strip() == "::" else "127.0.0.1"
+    return host
 
 
 def describe(host: str) -> str:

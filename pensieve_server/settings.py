@@ -16,6 +16,8 @@ from typing import Any
 
 import platformdirs
 
+from pensieve_server.bind_policy import loopback_for
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -213,7 +215,7 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = loopback_for(self.host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 

@@ -17,8 +17,10 @@ from pensieve_cli import ui
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_server.models import catalog
+from pensieve_server.models.formats.engines import engines_for
 from pensieve_server.models.store import ModelEntry, ModelError, ModelNotFound, ModelStore
 from pensieve_server.settings import TIERS, ConfigError, Settings
+from pensieve_server.units import format_size
 
 FMT = argparse.RawDescriptionHelpFormatter
 RESET_WORDS = ("-", "none")  # `models map haiku -`: back to the default model
@@ -113,12 +115,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _size(size_bytes: int) -> str:
-    from pensieve_server.models.hub import format_size
-
-    return format_size(size_bytes)
-
-
 def _store(settings: Settings) -> ModelStore:
     return ModelStore(settings.paths.models_dir)
 
@@ -133,14 +129,6 @@ def _tiers_of(settings: Settings, name: str) -> list[str]:
     if settings.engine == "upstream":
         return []
     return [tier for tier in TIERS if settings.model_for_tier(tier) == name]
-
-
-def _engines(entry: ModelEntry) -> list[str]:
-    from pensieve_server.models.importer import MLX_CONVERTIBLE
-
-    if entry.format == "mlx":
-        return ["mlx"]
-    return ["llamacpp", "mlx"] if entry.architecture in MLX_CONVERTIBLE else ["llamacpp"]
 
 
 def _get(store: ModelStore, name: str) -> ModelEntry:
@@ -171,7 +159,7 @@ def _describe(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
         **entry.to_json(),
         "default": entry.name == _local_default(settings),
         "tiers": _tiers_of(settings, entry.name),
-        "engines": _engines(entry),
+        "engines": list(engines_for(entry)),
         "description": known.description if known else "",
     }
 
@@ -189,7 +177,7 @@ def run_list(args: argparse.Namespace) -> int:
     for entry in entries:
         tiers = ",".join(_tiers_of(settings, entry.name))
         rows.append(("*" if entry.name == default else "", entry.name, entry.format,
-                     _size(entry.size_bytes), str(entry.context_length), tiers))
+                     format_size(entry.size_bytes), str(entry.context_length), tiers))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         line = f"{row[0]:<1} {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}  " \
@@ -217,7 +205,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("format", entry.format.upper()),
         ("architecture", entry.architecture or "unknown"),
         ("context", f"{entry.context_length} tokens"),
-        ("size", _size(entry.size_bytes)),
+        ("size", format_size(entry.size_bytes)),
         ("path", entry.path),
         ("source", entry.source),
         ("engines", ", ".join(data["engines"])),
@@ -252,7 +240,7 @@ def run_rm(args: argparse.Namespace) -> int:
         if not ui.interactive():
             raise CliError(f"removing {entry.name} asks for confirmation, but this is not a terminal: "
                            f"run `pensieve models rm {entry.name} --yes`", ExitStatus.USAGE)
-        if not ui.ask_confirm(f"Delete {entry.name} ({_size(entry.size_bytes)}) from disk?", default=False):
+        if not ui.ask_confirm(f"Delete {entry.name} ({format_size(entry.size_bytes)}) from disk?", default=False):
             print("Nothing was removed.")
             return ExitStatus.OK
     try:
@@ -266,7 +254,7 @@ def run_rm(args: argparse.Namespace) -> int:
         for folder in derived.glob(f"{entry.name}-*"):
             shutil.rmtree(folder, ignore_errors=True)  # e.g. its MLX conversion
     if not args.quiet:
-        ui.success(f"removed {entry.name} ({_size(entry.size_bytes)} freed)")
+        ui.success(f"removed {entry.name} ({format_size(entry.size_bytes)} freed)")
     if uses:
         ui.warning(f"{' and '.join(uses)} still name{'s' if len(uses) == 1 else ''} {entry.name}; "
                    "set another with `pensieve models default NAME` / `pensieve models map TIER NAME`")
@@ -345,7 +333,7 @@ class _CopyProgress:
         percent = 100 if total <= 0 else done * 100 // total
         if self.enabled and percent != self.shown:
             self.shown = percent
-            sys.stderr.write(f"\rCopying {percent:3d}% of {_size(total)}")
+            sys.stderr.write(f"\rCopying {percent:3d}% of {format_size(total)}")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -373,7 +361,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(entry.name)
         return ExitStatus.OK
     ui.success(f"imported {entry.name} ({entry.format.upper()}, {entry.architecture or 'unknown architecture'}, "
-               f"{_size(entry.size_bytes)}, {entry.context_length} tokens of context)")
+               f"{format_size(entry.size_bytes)}, {entry.context_length} tokens of context)")
     if entry.format == "mlx":
         print("MLX models run on Apple silicon (engine mlx) only.")
     print(f"Make it the default: pensieve models default {entry.name}")

@@ -37,6 +37,7 @@ from pensieve_cli.upstream_setup import UpstreamChoice, add_flags, choose_upstre
 from pensieve_server.models import catalog
 from pensieve_server.secrets import generate_token, read_token, write_private
 from pensieve_server.settings import TIERS, Settings
+from pensieve_server.units import format_size
 
 HEALTH_TIMEOUT_S = 2.0
 CONFLICTING_ENV = ("ANTHROPIC_API_KEY",)
@@ -92,7 +93,7 @@ def model_choices(ram: int, installed: set[str]) -> list[tuple[str, str]]:
             notes.append(f"recommended for {ram / catalog.GIB:.0f} GB RAM" if ram else "recommended")
         elif not catalog.fits(entry, ram):
             notes.append(f"needs {entry.min_ram_gb} GB RAM")
-        title = (f"{entry.alias:<{width}}  {entry.params:>15}  {catalog.human_size(entry.size_bytes):>8}  "
+        title = (f"{entry.alias:<{width}}  {entry.params:>15}  {format_size(entry.size_bytes, precise=False):>8}  "
                  f"{', '.join(notes)}")
         rows.append((entry.alias, title))
     for name in sorted(installed - set(catalog.CATALOG_BY_ALIAS)):
@@ -315,7 +316,7 @@ def finish(args: argparse.Namespace, settings: Settings, choices: Choices, insta
     steps = []
     if not model_ready:
         entry = catalog.get(choices.model)
-        size = f" (about {catalog.human_size(entry.size_bytes)})" if entry else ""
+        size = f" (about {format_size(entry.size_bytes, precise=False)})" if entry else ""
         ui.warning(f"{choices.model} is not downloaded yet{size}")
         steps.append(f"pensieve models pull {choices.model}")
     start_step = report_server(settings, model_ready, args.start, args.quiet)

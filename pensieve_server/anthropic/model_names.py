@@ -12,8 +12,7 @@ import re
 from collections.abc import Mapping
 
 from pensieve_server.anthropic.errors import NotFound
-
-TIERS = ("opus", "sonnet", "haiku")
+from pensieve_server.settings import TIERS
 
 # "claude" as a whole segment, also behind provider prefixes (anthropic.claude-…, us.anthropic.claude-…).
 _CLAUDE = re.compile(r"(?:^|[./:])claude(?:[-_.@:]|$)")

@@ -19,23 +19,20 @@ from __future__ import annotations
 
 import copy
 import json
-import secrets
-import string
 from collections.abc import Iterable
 from typing import Any
 
 from pensieve_server.anthropic.errors import InternalError
+from pensieve_server.anthropic.ids import random_base62
 from pensieve_server.anthropic.tools import Piece, TextPiece, ToolCallDelta, ToolCallEnd, ToolCallStart
 from pensieve_server.engine.base import Completion
 
 StreamEvent = tuple[str, dict[str, Any]]
 
-_BASE62 = string.digits + string.ascii_letters
-
 
 def new_message_id() -> str:
     """An Anthropic-looking message id: ``msg_01`` and 22 random base62 characters."""
-    return "msg_01" + "".join(secrets.choice(_BASE62) for _ in range(22))
+    return "msg_01" + random_base62(22)
 
 
 def _usage(input_tokens: int, cache_read: int, output_tokens: int) -> dict[str, Any]:

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pensieve_server.anthropic.ids import random_base62
+
 _OPEN = "<tool_call>"
 _CLOSE = "</tool_call>"
-_BASE62 = string.digits + string.ascii_letters
 _ARGUMENT_KEYS = ("arguments", "parameters", "input")
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
 _TRAILING_JUNK = re.compile(r"^[\s}`]*$")
@@ -64,7 +63,7 @@ Piece = TextPiece | ToolCallStart | ToolCallDelta | ToolCallEnd
 
 def new_tool_use_id() -> str:
     """An Anthropic-looking tool_use id: ``toolu_`` and 24 random base62 characters."""
-    return "toolu_" + "".join(secrets.choice(_BASE62) for _ in range(24))
+    return "toolu_" + random_base62(24)
 
 
 # -- schema checking --------------------------------------------------------------------------------

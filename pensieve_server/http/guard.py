@@ -8,6 +8,7 @@ import time
 from flask import Flask, Response, g, request
 
 from pensieve_server.anthropic.errors import AuthenticationError, PermissionDenied
+from pensieve_server.bind_policy import WILDCARD_HOSTS
 from pensieve_server.secrets import tokens_match
 from pensieve_server.settings import Settings
 
@@ -35,14 +36,14 @@ def _host_name(host_header: str) -> str:
 
 def allowed_hosts(settings: Settings) -> frozenset[str]:
     hosts = set(LOOPBACK_HOSTS)
-    if settings.host not in ("", "0.0.0.0", "::"):
+    if settings.host not in WILDCARD_HOSTS:
         hosts.add(settings.host.lower())
     return frozenset(hosts)
 
 
 def install_guards(app: Flask, settings: Settings) -> None:
     hosts = allowed_hosts(settings)
-    binds_everywhere = settings.host in ("", "0.0.0.0", "::")
+    binds_everywhere = settings.host in WILDCARD_HOSTS
     origins = frozenset(settings.allowed_origins)
 
     @app.before_request

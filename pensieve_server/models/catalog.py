@@ -95,10 +95,3 @@ def total_ram_bytes() -> int:
         return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):
         return 0
-
-
-def human_size(size_bytes: int) -> str:
-    """Decimal units, as download tools and disk labels show them."""
-    if size_bytes >= 1000**3:
-        return f"{size_bytes / 1000**3:.1f} GB"
-    return f"{size_bytes / 1000**2:.0f} MB"

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from pensieve_server.engine.base import ModelLoadError
-from pensieve_server.models.store import ModelEntry, ModelStore
+from pensieve_server.models.formats.engines import MLX_CONVERTIBLE
+from pensieve_server.models.formats.gguf import GgufError, read_gguf_info
+from pensieve_server.models.store import ModelEntry, ModelError, ModelStore
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
 # Bumped whenever the output changes, so folders cached by an older converter are rebuilt.
 CONVERTER_VERSION = 1
 MARKER = "pensieve_conversion.json"
@@ -80,18 +81,21 @@ def _value(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
 
 
 def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(tensors, metadata)`` of a GGUF file, or ModelLoadError saying why it cannot be read."""
+    """``(tensors, metadata)`` of a GGUF file, or ModelLoadError saying why it cannot be read.
+
+    The header and metadata (vocabulary included) come from the one strict GGUF reader, so a file
+    is judged here as on import and pull; MLX loads the tensors, keeping Q4_0/Q4_1/Q8_0 quantized.
+    """
     try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        metadata = read_gguf_info(path, keep_arrays=True).metadata
+    except GgufError as exc:
+        raise ModelLoadError(f"{path} is a corrupt or truncated GGUF file: {exc.problem}") from None
+    except ModelError as exc:
+        raise ModelLoadError(str(exc)) from None
     import mlx.core as mx
 
     try:
-        tensors, metadata = mx.load(str(path), return_metadata=True)
+        tensors = mx.load(str(path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path} is a corrupt or truncated GGUF file: {exc}") from None
     if not tensors:
@@ -101,10 +105,10 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _architecture(metadata: dict[str, Any], path: Path) -> str:
     arch = str(_value(metadata, "general.architecture", "") or "")
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in MLX_CONVERTIBLE:
         raise ModelLoadError(
             f"{path.name} has architecture {arch or 'unknown'!r}; the GGUF to MLX conversion supports "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)} only (use --engine llamacpp for it)"
+            f"{', '.join(sorted(MLX_CONVERTIBLE))} only (use --engine llamacpp for it)"
         )
     return arch
 

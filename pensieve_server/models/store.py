@@ -55,6 +55,12 @@ def validate_name(name: str) -> str:
     return name
 
 
+def name_from(text: str) -> str:
+    """A valid store name made from a file, folder or repo name: other characters become '-', lower case."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower()[:80]
+    return name or "model"
+
+
 def _folder_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size

@@ -7,6 +7,7 @@ import pytest
 from pensieve_server.models import catalog
 from pensieve_server.models.catalog import CATALOG, CATALOG_BY_ALIAS, GIB, fits, recommend
 from pensieve_server.models.embedded import EMBEDDED_NAME
+from pensieve_server.units import format_size
 
 EXPECTED = {
     "smollm2-135m": None,
@@ -82,5 +83,6 @@ def test_total_ram_is_read_from_sysconf() -> None:
 
 
 def test_human_size() -> None:
-    assert catalog.human_size(98_362_432) == "98 MB"
-    assert catalog.human_size(4_300_000_000) == "4.3 GB"
+    """Catalogue sizes read in whole MB (the one formatter, pensieve_server.units, without precision)."""
+    assert format_size(98_362_432, precise=False) == "98 MB"
+    assert format_size(4_300_000_000, precise=False) == "4.3 GB"

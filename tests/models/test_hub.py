@@ -12,11 +12,11 @@ import pytest
 
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_cli.model_pull import ProgressView, run
-from pensieve_server.models import catalog, hub
+from pensieve_server.models import catalog, hub, importer
 from pensieve_server.models.hub import HubNotFound, Progress
 from pensieve_server.models.store import MANIFEST, ModelError, ModelStore
 from pensieve_server.settings import Paths
-from tests.standin_hub import Drop, StandinHub, StandinRepo, gguf_repo_files, mlx_repo_files
+from tests.standin_hub import Drop, StandinHub, StandinRepo, gguf_bytes, gguf_repo_files, mlx_repo_files
 
 MLX = "acme/tiny-mlx"
 GGUF = "acme/tiny-GGUF"
@@ -270,6 +270,26 @@ def test_a_repo_that_is_not_a_model_is_refused(standin: StandinHub, store: Model
     standin.add(StandinRepo("acme/no-tokenizer", files))
     with pytest.raises(ModelError, match="no tokenizer"):
         hub.pull(store, "acme/no-tokenizer")
+    assert names(store) == set()
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (gguf_bytes()[:60], "is not a valid GGUF file: the metadata runs past the end of the file (truncated)"),
+    (gguf_bytes(architecture="bert"), "is an embedding model (architecture 'bert'), not a chat model"),
+], ids=["truncated", "not-a-chat-model"])
+def test_a_pulled_gguf_is_refused_like_an_imported_one(standin: StandinHub, store: ModelStore, tmp_path: Path,
+                                                       data: bytes, why: str) -> None:
+    """The Hub serves the bytes it has: the hashes match, yet the file is no model to install."""
+    standin.add(StandinRepo("acme/odd-GGUF", {"odd-Q4_K_M.gguf": data}))
+    with pytest.raises(ModelError) as pulled:
+        hub.pull(store, "acme/odd-GGUF")
+    local = tmp_path / "odd-Q4_K_M.gguf"
+    local.write_bytes(data)
+    with pytest.raises(ModelError) as imported:
+        importer.import_model(store, local)
+    assert one_line(pulled.value).startswith(f"acme/odd-GGUF/odd-Q4_K_M.gguf {why}")
+    assert one_line(pulled.value).removeprefix("acme/odd-GGUF/odd-Q4_K_M.gguf") == \
+        one_line(imported.value).removeprefix(str(local))
     assert names(store) == set()
 
 
