@@ -95,7 +95,18 @@ def describe(repo: Path, name: str | None = None) -> dict[str, Any]:
         "versions": versions(),
         "git": git_state(repo),
         "load_average_at_start": list(load) if load else None,
+        "gpu": gpu(),
     }
+
+
+def gpu() -> dict[str, Any] | None:
+    """The GPU found here and whether llama.cpp / MLX compute on it (None: no GPU)."""
+    from pensieve_server.engine import devices
+
+    found = devices.detect_gpu()
+    if found is None:
+        return None
+    return {**found.to_json(), "llamacpp_gpu_offload": devices.llamacpp_gpu_offload(), "mlx": devices.mlx_gpu()}
 
 
 # -- peak RSS --------------------------------------------------------------------------------------

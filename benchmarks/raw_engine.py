@@ -26,9 +26,11 @@ class LlamaCppEngine:
     """llama-cpp-python: ``Llama(...).create_completion(prompt_tokens, stream=True, temperature=0)``."""
 
     def __init__(self, model: str, threads: int, n_ctx: int) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, llama_supports_gpu_offload
 
-        self.llm = Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        # Every layer on the GPU when the build has one (as Pensieve does); 0 on a CPU-only build.
+        self.llm = Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                         n_gpu_layers=-1 if llama_supports_gpu_offload() else 0, verbose=False)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

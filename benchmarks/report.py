@@ -220,6 +220,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
+def _gpu_words(gpu: dict[str, Any] | None) -> str:
+    if not gpu:
+        return "none (everything on the CPU)"
+    memory = f", {gpu['memory_bytes'] / 2**30:.0f} GiB" if gpu.get("memory_bytes") else ""
+    offload = "llama.cpp built with GPU offload" if gpu.get("llamacpp_gpu_offload") else "llama.cpp CPU-only build"
+    return f"{gpu.get('name')}{memory}; {offload}; MLX on {gpu.get('mlx') or 'not installed'}"
+
+
 def _machine_section(run: dict[str, Any]) -> list[str]:
     m = run["machine"]
     v = m.get("versions", {})
@@ -227,6 +235,7 @@ def _machine_section(run: dict[str, Any]) -> list[str]:
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     rows = [
         ["CPU", m.get("cpu", "?")],
+        ["GPU", _gpu_words(m.get("gpu"))],
         ["cores", f"{m.get('logical_cores')} logical, {m.get('physical_cores') or '?'} physical"],
         ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
         ["OS", m.get("os", "?")],

@@ -188,6 +188,25 @@ def check_engine(ctx: Context) -> Check:
                  data={"engine": engine, "device": device})
 
 
+def check_gpu(ctx: Context) -> Check:
+    """The GPU, and whether the engine in use computes on it; the exact rebuild command when not."""
+    if skip := forwarding(ctx, "gpu"):
+        return skip
+    from pensieve_server.engine import devices
+    from pensieve_server.engine.base import ModelLoadError
+    from pensieve_server.engine.select import resolve_engine
+
+    try:
+        engine = ctx._cache.get("engine") or resolve_engine(ctx.settings.engine, ctx.entry())
+    except ModelLoadError:
+        return Check("gpu", SKIP, "skipped: no engine can run the model (see the engine line)")
+    advice = devices.advise(engine)
+    data = {"gpu": advice.gpu.to_json() if advice.gpu else None, "engine": engine, "on_gpu": advice.on_gpu}
+    if advice.on_gpu is False:
+        return Check("gpu", WARN, advice.detail, advice.fix, data=data)
+    return Check("gpu", OK, advice.detail, data=data)
+
+
 # -- the model ---------------------------------------------------------------------------------------
 
 def model_fix(name: str) -> str:
@@ -499,6 +518,6 @@ def check_claude_cli(ctx: Context) -> Check:
     return Check("claude", OK, f"{version[0]} at {binary}", data={"version": version[0], "path": binary})
 
 
-LOCAL_CHECKS = (check_python, check_mlx, check_engine, check_model, check_server, check_model_loads,
+LOCAL_CHECKS = (check_python, check_mlx, check_engine, check_gpu, check_model, check_server, check_model_loads,
                 check_resources, check_claude_json, check_settings_json, check_token, check_api_timeout,
                 check_shell_env, check_claude_cli)

@@ -183,7 +183,8 @@ def server_status(settings: Settings) -> dict[str, Any]:
     if found is None:
         return status
     status.update(version=found.get("version"), uptime_s=found.get("uptime_s"), model=found.get("model"),
-                  engine=found.get("engine"), device=found.get("device"))
+                  engine=found.get("engine"), device=found.get("device"), gpu=found.get("gpu"),
+                  gpu_layers=found.get("gpu_layers"))
     pid = status["pid"]
     rss = resident_bytes(pid) if isinstance(pid, int) and pid != os.getpid() else 0
     metrics_text = fetch_metrics(url, settings.auth_token) if settings.auth_token else None
@@ -248,6 +249,8 @@ def run_status(args: argparse.Namespace) -> int:
         return code
     rows = [("pid", status.get("pid")), ("uptime", human_duration(status.get("uptime_s") or 0)),
             ("model", f"{status.get('model')} ({status.get('engine')}, {status.get('device')})")]
+    if status.get("gpu") or status.get("gpu_layers"):
+        rows.append(("gpu", gpu_line(status.get("gpu"), status.get("gpu_layers"))))
     if status.get("memory_rss_bytes"):
         rows.append(("memory", f"{status['memory_rss_bytes'] / 1024**2:.0f} MB resident"))
     if "requests" in status:
@@ -262,6 +265,17 @@ def run_status(args: argparse.Namespace) -> int:
     for label, value in rows:
         print(f"  {label:<9} {value}")
     return code
+
+
+def gpu_line(gpu: dict[str, Any] | None, layers: dict[str, Any] | None) -> str:
+    """"NVIDIA H200 (143 GB): 31/31 layers offloaded (n_gpu_layers -1)", or why nothing is."""
+    name = gpu.get("name", "GPU") if gpu else "no GPU found"
+    if gpu and gpu.get("memory_bytes"):
+        name += f" ({gpu['memory_bytes'] / 1000**3:.0f} GB)"
+    if not layers:
+        return name
+    total = f"/{layers['total']}" if layers.get("total") else ""
+    return f"{name}: {layers.get('offloaded', 0)}{total} layers offloaded (n_gpu_layers {layers.get('requested')})"
 
 
 # -- logs --------------------------------------------------------------------------------------------

@@ -47,8 +47,28 @@ def _gpu_device() -> str:
     return "metal" if sys.platform == "darwin" else "gpu"
 
 
+def gpu_layers_to_request() -> int:
+    """-1 (every layer) where llama.cpp was built with GPU offload and this machine has a GPU, else 0."""
+    from pensieve_server.engine import devices
+
+    return -1 if devices.llamacpp_gpu_offload() and devices.detect_gpu() is not None else 0
+
+
+def offloaded_layers(llama: Any, requested: int) -> tuple[int, int]:
+    """(layers on the GPU, layers in all), as llama.cpp counts them in its "offloaded N/M layers" log line:
+    the repeating layers plus the output layer, all of them for a negative request, none on a CPU build."""
+    import llama_cpp
+
+    total = llama_cpp.llama_model_n_layer(llama.model) + 1
+    if not llama_cpp.llama_supports_gpu_offload():
+        return 0, total
+    return (total if requested < 0 else min(requested, total)), total
+
+
 class LlamaCppBackend(Backend):
     name = "llamacpp"
+    # n_gpu_layers asked for and llama.cpp's "offloaded N/M layers" (shown by /health and status).
+    gpu_layers: dict[str, int | None] | None = None
 
     def __init__(self, llama: Any, info: ModelInfo, device: str = "cpu", cache_bytes_limit: int = DEFAULT_CACHE_BYTES) -> None:
         import llama_cpp
@@ -84,7 +104,7 @@ class LlamaCppBackend(Backend):
             import llama_cpp
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); pip install llama-cpp-python") from None
-        offload = bool(llama_cpp.llama_supports_gpu_offload())
+        requested = gpu_layers_to_request()
         try:
             llama = llama_cpp.Llama(
                 model_path=str(entry.weights),
@@ -93,7 +113,7 @@ class LlamaCppBackend(Backend):
                 n_ubatch=N_BATCH,
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
-                n_gpu_layers=-1 if offload else 0,
+                n_gpu_layers=requested,
                 verbose=False,  # also sets llama.cpp's own log level to errors only
             )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -111,8 +131,11 @@ class LlamaCppBackend(Backend):
             bos_token=model.token_get_text(bos) if bos >= 0 else "",
             eos_token=model.token_get_text(eos) if eos >= 0 else "",
         )
-        device = _gpu_device() if offload else "cpu"
-        return cls(llama, info, device, cache_bytes_limit)
+        offloaded, total = offloaded_layers(llama, requested)
+        device = _gpu_device() if offloaded > 0 else "cpu"
+        backend = cls(llama, info, device, cache_bytes_limit)
+        backend.gpu_layers = {"requested": requested, "offloaded": offloaded, "total": total}
+        return backend
 
     def _find_stop_tokens(self) -> frozenset[int]:
         """EOS plus every end-of-generation token: llama.cpp's EOG flag and known end-of-turn texts."""

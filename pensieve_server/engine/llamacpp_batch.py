@@ -83,7 +83,9 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             single.close()
             raise ModelLoadError(f"llama.cpp could not make a {parallel}-slot context for {entry.name}; "
                                  "lower `parallel` or `context_length`")
-        return cls(llama, replace(single.info, context_length=per_request), single.device, parallel, ctx)
+        batched = cls(llama, replace(single.info, context_length=per_request), single.device, parallel, ctx)
+        batched.gpu_layers = single.gpu_layers
+        return batched
 
     # -- the batch API -------------------------------------------------------------------------------
     def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:

@@ -1,8 +1,10 @@
 """Which engine runs a model here, and loading it.
 
-``auto`` picks MLX where it has a GPU (Apple Silicon Metal, or an MLX CUDA build) and llama.cpp
-everywhere else; MLX on a CPU is far slower than llama.cpp. Backends are imported lazily so that a
-machine without one of the libraries can still run the other.
+``auto`` picks the fastest engine that can actually run here: MLX on an Apple Silicon GPU, then
+llama.cpp when its build offloads to a GPU this machine has, then MLX on a CUDA GPU, then llama.cpp
+on the CPU; MLX on a CPU is far slower than llama.cpp, so it comes last. The device probes live in
+:mod:`pensieve_server.engine.devices`. Backends are imported lazily so that a machine without one of
+the libraries can still run the other.
 """
 
 from __future__ import annotations
@@ -10,12 +12,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import platform
-import sys
-from functools import cache
 from typing import Any
 
-from pensieve_server.engine import cpu
+from pensieve_server.engine import cpu, devices
 from pensieve_server.engine.base import Backend, ModelLoadError
 from pensieve_server.memory import auto_cache_bytes
 from pensieve_server.models.store import ModelEntry, ModelStore
@@ -24,9 +23,9 @@ ENGINES = ("auto", "mlx", "llamacpp", "scripted", "upstream")
 FORMATS = {"gguf": ("llamacpp", "mlx"), "mlx": ("mlx",)}
 
 
-def host() -> tuple[str, str]:
-    """``(sys.platform, machine)``; a function so tests can pretend to be another machine."""
-    return sys.platform, platform.machine()
+host = devices.host
+# Apple Silicon leaves llama.cpp out of the default install (MLX is its engine); this adds it.
+LLAMACPP_INSTALL = "pip install \".[llamacpp]\" in Pensieve's folder (the llamacpp extra), or pip install llama-cpp-python"
 
 
 def is_apple_silicon() -> bool:
@@ -34,43 +33,33 @@ def is_apple_silicon() -> bool:
     return system == "darwin" and machine == "arm64"
 
 
-@cache
 def mlx_device() -> str | None:
     """Where MLX computes: "metal", "cuda" or "cpu"; None when MLX does not import."""
-    try:
-        import mlx.core as mx
-    except Exception:  # noqa: BLE001 - a broken install raises more than ImportError
-        return None
-    try:
-        if mx.metal.is_available():
-            return "metal"
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        cuda = getattr(mx, "cuda", None)
-        if cuda is not None and cuda.is_available():
-            return "cuda"
-    except Exception:  # noqa: BLE001
-        pass
-    return "cpu"
+    return devices.mlx_gpu()
 
 
 def llamacpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-@cache
 def llamacpp_device() -> str | None:
-    """Where llama.cpp computes: "cpu" or its GPU backend; None when it does not import."""
-    try:
-        import llama_cpp
-    except Exception:  # noqa: BLE001
+    """Where llama.cpp computes: "cpu" or its GPU backend; None when it does not import.
+
+    A GPU build on a machine without that GPU computes on the CPU.
+    """
+    offload = devices.llamacpp_gpu_offload()
+    if offload is None:
         return None
-    if not llama_cpp.llama_supports_gpu_offload():
+    if not offload or devices.detect_gpu() is None:
         return "cpu"
     from pensieve_server.engine.llamacpp_backend import _gpu_device
 
     return _gpu_device()
+
+
+def llamacpp_on_gpu() -> bool:
+    """llama.cpp imports, was built with GPU offload, and this machine has a GPU for it."""
+    return llamacpp_device() not in (None, "cpu")
 
 
 def _mlx_missing(why: str) -> ModelLoadError:
@@ -106,16 +95,20 @@ def resolve_engine(requested: str, entry: ModelEntry | None) -> str:
     if requested == "llamacpp":
         if not llamacpp_available():
             raise ModelLoadError("--engine llamacpp was asked for, but llama-cpp-python is not installed; "
-                                 "pip install llama-cpp-python")
+                                 + LLAMACPP_INSTALL)
         return "llamacpp"
     device = mlx_device()
-    if (device == "metal" and is_apple_silicon()) or device == "cuda":
+    if device == "metal" and is_apple_silicon():
+        return "mlx"
+    if llamacpp_available() and llamacpp_on_gpu():
+        return "llamacpp"
+    if device in ("metal", "cuda"):
         return "mlx"
     if llamacpp_available():
         return "llamacpp"
     if device is not None:
         return "mlx"  # slow on a CPU, but better than nothing
-    raise ModelLoadError("no inference engine is installed; pip install llama-cpp-python (or mlx-lm)")
+    raise ModelLoadError("no inference engine is installed; " + LLAMACPP_INSTALL + " (or mlx-lm)")
 
 
 def load_backend(
@@ -200,5 +193,6 @@ def describe_device() -> dict[str, Any]:
         },
         default_engine=default,
         device=device,
+        gpu=gpu.to_json() if (gpu := devices.detect_gpu()) is not None else None,
         summary=words.get(device, f"{device.upper()} GPU"),
     )

@@ -37,11 +37,22 @@ def health():
             "model": model.entry.name if model else state.settings.default_model,
             "engine": model.engine if model else None,
             "device": model.backend.device if model else None,
+            # n_gpu_layers asked for and how many llama.cpp put on the GPU (llama.cpp only).
+            "gpu_layers": getattr(model.backend, "gpu_layers", None) if model else None,
+            "gpu": gpu_json(),
             "context_length": model.info.context_length if model else None,
             "models_loaded": [m.entry.name for m in loaded],
             "queue_depth": sum(m.scheduler.depth for m in loaded),
         }
     )
+
+
+def gpu_json() -> dict | None:
+    """The GPU this machine has (vendor, name, memory), whether or not the engine uses it."""
+    from pensieve_server.engine.devices import detect_gpu
+
+    gpu = detect_gpu()
+    return gpu.to_json() if gpu is not None else None
 
 
 def _model_object(name: str) -> dict:

@@ -20,6 +20,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(select, "host", lambda: (system, arch))
         monkeypatch.setattr(select, "mlx_device", lambda: mlx)
         monkeypatch.setattr(select, "llamacpp_available", lambda: llamacpp)
+        monkeypatch.setattr(select, "llamacpp_on_gpu", lambda: False)  # GPU builds: tests/engine/test_devices.py
 
     return pretend
 
