@@ -16,6 +16,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=3, help="long requests per contender (default 3)")
     parser.add_argument("--py-spy", help="py-spy binary: sample the Pensieve server during its long decodes")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second (default 250)")
+    parser.add_argument("--profile-streams", type=int, default=1,
+                        help="concurrent long requests while py-spy samples (default 1)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / ".work", help="where to write results")
     return parser.parse_args(argv)
 
@@ -74,6 +77,7 @@ def start_py_spy(binary: str, pid: int, out: Path, seconds: int, rate: int) -> s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `finally` stops the servers
     args.out.mkdir(parents=True, exist_ok=True)
     gguf = embedded_gguf()
     builder = prompt_builder(gguf, args.max_tokens)
@@ -102,10 +106,21 @@ def main(argv: list[str] | None = None) -> int:
             spy = start_py_spy(args.py_spy, pensieve.proc.pid, stacks, seconds, args.rate)
             stop = threading.Event()
             threading.Timer(seconds, stop.set).start()
-            rep = 0
-            while not stop.is_set():
-                pensieve.complete(builder.salted(base, salt_for("profiled", rep)), "profiled", rep)
-                rep += 1
+            done: list[int] = []
+
+            def keep_asking(stream: int) -> None:
+                rep = 0
+                while not stop.is_set():
+                    sample = pensieve.complete(builder.salted(base, salt_for("profiled", stream, rep)), "profiled", rep)
+                    done.append(sample.output_tokens)
+                    rep += 1
+
+            workers = [threading.Thread(target=keep_asking, args=(i,)) for i in range(args.profile_streams)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            log(f"profiled: {args.profile_streams} stream(s), {sum(done)} tokens in about {seconds} s")
             _, err = spy.communicate(timeout=60)
             if stacks.is_file():
                 profile = self_time(stacks)

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from pensieve_server.models.store import ModelEntry
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 1024**3
+TOKENIZED_TEXTS = 8  # texts whose tokens tokenize() remembers
 N_BATCH = 512
 # Save the live sequence before a prompt discards at least this many of its tokens, or half of it:
 # small discards are the normal re-rendering of the last turn, not another conversation.
@@ -80,6 +82,7 @@ class LlamaCppBackend(Backend):
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self._states: SavedStates[bytes] = SavedStates(cache_bytes_limit)
         self._pieces: dict[int, bytes] = {}
+        self._tokenized: OrderedDict[str, list[int]] = OrderedDict()
         self._bytes_per_token = 0
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
@@ -150,7 +153,20 @@ class LlamaCppBackend(Backend):
 
     # -- tokens ------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        """Tokens of ``text``, remembered for the last few texts: fitting a request counts the rendered
+        prompt and then tokenizes that same text again, and a repeated request (a retry, or Claude
+        Code's prompt with only its billing line changed) renders to the same text. Tokenizing a
+        20k-token Claude Code prompt takes 0.1-0.2 s, which dominated the warm turn on a GPU."""
+        memo = self._tokenized
+        tokens = memo.get(text)
+        if tokens is None:
+            tokens = memo[text] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            while len(memo) > TOKENIZED_TEXTS:
+                memo.popitem(last=False)
+        else:
+            memo.move_to_end(text)
+        return list(tokens)
+
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", errors="replace")
