@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pensieve_server.anthropic.constraints import request_constraint
 from pensieve_server.anthropic.errors import (
     ApiError,
     InternalError,
     InvalidRequest,
     NotFound,
+    PromptTooLong,
     ServerOverloaded,
 )
 from pensieve_server.anthropic.fitting import fit_request
@@ -22,7 +24,12 @@ from pensieve_server.anthropic.media import count_images, images_notice
 from pensieve_server.anthropic.model_names import resolve_model_name
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.stream import MessageAssembler
-from pensieve_server.anthropic.tools import ToolCallParser
+from pensieve_server.anthropic.thinking import (
+    OutputReader,
+    is_reasoning_template,
+    opens_inside_thinking,
+    thinking_requested,
+)
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.anthropic.validate import (
     is_server_tool,
@@ -61,6 +68,7 @@ class Prepared:
     requested_max_tokens: int = 0  # the client's max_tokens, before the context capped it
     upstream: UpstreamPlan | None = None  # set when an upstream server answers instead of a local model
     notices: list[str] = field(default_factory=list)  # what the client should know (x-pensieve-notice)
+    opens_thinking: bool = False  # the rendered prompt ends inside <think>: the answer starts with reasoning
 
 
 class MessagesService:
@@ -118,7 +126,9 @@ class MessagesService:
         )
         if fit.actions:
             log.info("context fitting for %s: %s", model.entry.name, "; ".join(fit.actions))
-        prompt = model.backend.tokenize(render_prompt(fit.request, model.info))
+        prompt_text = render_prompt(fit.request, model.info)
+        prompt = model.backend.tokenize(prompt_text)
+        reasoning = is_reasoning_template(model.info.chat_template)
         params = SamplingParams(
             max_tokens=max(1, min(fit.max_tokens, context - len(prompt))),
             temperature=self.settings.temperature if request.temperature is None else request.temperature,
@@ -126,8 +136,10 @@ class MessagesService:
             top_k=0 if request.top_k is None else request.top_k,
             stop_sequences=tuple(request.stop_sequences),
             repeat_penalty=self.settings.repeat_penalty,
+            constraint=request_constraint(fit.request, after_thinking=reasoning and thinking_requested(request.thinking)),
         )
-        return Prepared(fit.request, model, prompt, params, fit.actions, request.max_tokens, notices=notices)
+        return Prepared(fit.request, model, prompt, params, fit.actions, request.max_tokens, notices=notices,
+                        opens_thinking=reasoning and opens_inside_thinking(prompt_text))
 
     def count_tokens(self, body: Any) -> int:
         request = _without_server_tools(parse_count_tokens_request(
@@ -136,7 +148,22 @@ class MessagesService:
         model = self.load_model(request.model)
         if self.upstream is not None and model.engine == UPSTREAM:
             return self.upstream.count_tokens(request, body, model)
-        return self._count(model)(request)
+        return self._fitted_count(request, model, max_tokens_given=body.get("max_tokens") is not None)
+
+    def _fitted_count(self, request: MessagesRequest, model: LoadedModel, *, max_tokens_given: bool) -> int:
+        """The ``usage.input_tokens`` that /v1/messages would report for this body: the prompt after
+        context fitting (what the model reads). Without ``max_tokens`` the room kept for the answer
+        is the one a long answer gets, as in Claude Code's own requests. A prompt that cannot fit at
+        all is counted whole (the 400 comes from /v1/messages, not from counting)."""
+        context = model.info.context_length
+        if not max_tokens_given:
+            request = request.replace(max_tokens=context)
+        count = self._count(model)
+        try:
+            return fit_request(request, count_tokens=count, context_length=context,
+                               policy=self.settings.context_policy).prompt_tokens
+        except PromptTooLong:
+            return count(request)
 
     def submit(self, prepared: Prepared) -> Job | UpstreamJob:
         if self.upstream is not None and prepared.upstream is not None:
@@ -164,7 +191,8 @@ class MessagesService:
             input_tokens=len(prepared.prompt),
             tools=tools,
         )
-        parser = ToolCallParser(tools)
+        parser = OutputReader(tools, split=is_reasoning_template(prepared.model.info.chat_template),
+                              show=thinking_requested(request.thinking), inside=prepared.opens_thinking)
         try:
             yield from assembler.start()
             for event in job.iter_events(timeout=ping_interval):

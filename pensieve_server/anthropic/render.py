@@ -25,6 +25,7 @@ from typing import Any
 
 from pensieve_server.anthropic.media import document_text, image_note
 from pensieve_server.anthropic.template import render_chat, template_capabilities
+from pensieve_server.anthropic.thinking import is_reasoning_template, template_options
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.engine.base import ModelInfo
 
@@ -191,9 +192,12 @@ def _user_messages(content: Any, native: bool, names: dict[str, str]) -> list[di
 def _assistant_message(content: Any, native: bool, names: dict[str, str]) -> dict[str, Any] | None:
     parts: list[str] = []
     calls: list[dict[str, Any]] = []
+    reasoning: list[str] = []
     for block in content_blocks(content):
         kind = block.get("type")
-        if kind == "text" and block.get("text"):
+        if kind == "thinking" and block.get("thinking"):
+            reasoning.append(block["thinking"])
+        elif kind == "text" and block.get("text"):
             parts.append(block["text"])
         elif kind in ("tool_use", "server_tool_use"):
             names[block.get("id", "")] = block.get("name", "")
@@ -207,6 +211,8 @@ def _assistant_message(content: Any, native: bool, names: dict[str, str]) -> dic
     message: dict[str, Any] = {"role": "assistant", "content": "\n".join(parts)}
     if calls:
         message["tool_calls"] = calls
+    if reasoning:  # reasoning templates (Qwen3…) show or drop it themselves; others never read it
+        message["reasoning_content"] = "\n".join(reasoning)
     return message
 
 
@@ -298,4 +304,5 @@ def render_prompt(request: MessagesRequest, info: ModelInfo) -> str:
         eos_token=info.eos_token,
         add_generation_prompt=not prefill,
         continue_final_message=prefill,
+        options=template_options(request.thinking, request.effort) if is_reasoning_template(info.chat_template) else None,
     )

@@ -24,6 +24,7 @@ from typing import Any
 
 from pensieve_server.anthropic.errors import InternalError
 from pensieve_server.anthropic.ids import random_base62
+from pensieve_server.anthropic.thinking import ThinkingPiece, signature
 from pensieve_server.anthropic.tools import Piece, TextPiece, ToolCallDelta, ToolCallEnd, ToolCallStart
 from pensieve_server.engine.base import Completion
 
@@ -77,6 +78,7 @@ class MessageAssembler:
         self._open: str | None = None  # "text" | "tool_use" while a block is open
         self._held = ""  # whitespace waiting for real text before a text block opens
         self._tool_json = ""
+        self._thinking = ""  # the open thinking block's text, for its signature
         self._started = False
         self._finished = False
 
@@ -114,6 +116,9 @@ class MessageAssembler:
             return
         if self._open == "tool_use":
             self._tool_json = ""
+        if self._open == "thinking":
+            self._delta(out, {"type": "signature_delta", "signature": signature(self._thinking)})
+            self._thinking = ""
         self._open = None
         self._emit(out, "content_block_stop", {"index": self._index})
 
@@ -139,6 +144,18 @@ class MessageAssembler:
             text = self._held
             self._open_block(out, "text", {"type": "text", "text": ""})
         self._delta(out, {"type": "text_delta", "text": text})
+        return out
+
+    def on_thinking(self, text: str) -> list[StreamEvent]:
+        """Reasoning text: a ``thinking`` block, closed with Pensieve's signature (thinking.py)."""
+        out: list[StreamEvent] = []
+        if not text or self._finished:
+            return out
+        self._begin(out)
+        if self._open != "thinking":
+            self._open_block(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        self._thinking += text
+        self._delta(out, {"type": "thinking_delta", "thinking": text})
         return out
 
     def on_tool_start(self, tool_use_id: str, name: str) -> list[StreamEvent]:
@@ -173,6 +190,8 @@ class MessageAssembler:
         """Dispatch one :class:`~pensieve_server.anthropic.tools.ToolCallParser` piece."""
         if isinstance(piece, TextPiece):
             return self.on_text(piece.text)
+        if isinstance(piece, ThinkingPiece):
+            return self.on_thinking(piece.text)
         if isinstance(piece, ToolCallStart):
             return self.on_tool_start(piece.id, piece.name)
         if isinstance(piece, ToolCallDelta):
@@ -228,6 +247,10 @@ def fold_events(events: Iterable[StreamEvent]) -> dict[str, Any]:
             block, delta = message["content"][data["index"]], data["delta"]
             if delta["type"] == "text_delta":
                 block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
             elif delta["type"] == "input_json_delta":
                 tool_json[data["index"]] = tool_json.get(data["index"], "") + delta["partial_json"]
         elif event_type == "content_block_stop":

@@ -94,6 +94,7 @@ def render_chat(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> str:
     """Render ``messages`` (``{"role", "content", ...}`` dicts) with ``template``.
 
@@ -108,6 +109,7 @@ def render_chat(
             add_generation_prompt=add_generation_prompt and not continue_final_message,
             bos_token=bos_token,
             eos_token=eos_token,
+            **(options or {}),  # e.g. enable_thinking for reasoning templates
         )
     except _TemplateRaised as exc:
         raise ChatTemplateError(f"the model's chat template rejected the conversation: {exc.message}") from None

@@ -25,6 +25,8 @@ class MessagesRequest:
     stream: bool = False
     thinking: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None  # output_config.format: {"type": "json_schema", "schema": {...}}
+    effort: str | None = None  # output_config.effort ("low" … "high"), for templates that take reasoning_effort
 
     def replace(self, **changes: Any) -> MessagesRequest:
         return replace(self, **changes)

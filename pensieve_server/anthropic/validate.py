@@ -229,7 +229,29 @@ def _messages(value: Any, limit: int) -> list[dict[str, Any]]:
         content = _required(message, "content", loc)
         allowed = ("text",) if role == "system" else MESSAGE_BLOCKS
         out.append({"role": role, "content": _content(content, (*loc, "content"), allowed)})
+    check_tool_results(out)
     return out
+
+
+def check_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Every ``tool_result`` answers a ``tool_use`` of the assistant turn just before it (as Anthropic
+    requires, with its wording); user turns in between merge, as the API merges them."""
+    offered: set[str] = set()
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            offered = {b.get("id", "") for b in message["content"] if b.get("type") == "tool_use"}
+            continue
+        if message["role"] != "user":
+            continue
+        first, orphans = -1, []
+        for position, block in enumerate(message["content"]):
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in offered:
+                first = position if first < 0 else first
+                orphans.append(str(block.get("tool_use_id")))
+        if orphans:
+            _fail(("messages", index, "content", first),
+                  f"unexpected `tool_use_id` found in `tool_result` blocks: {', '.join(orphans)}. Each "
+                  "`tool_result` block must have a corresponding `tool_use` block in the previous message.")
 
 
 def is_server_tool(tool: dict[str, Any]) -> bool:
@@ -306,6 +328,27 @@ _IGNORED: dict[str, Callable[[Any, Loc], Any]] = {
 }
 
 
+def _effort(body: dict[str, Any]) -> str | None:
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    return _str(effort, ("output_config", "effort")) if effort is not None else None
+
+
+def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``output_config.format`` (or the older top-level ``output_format``) when it is a JSON schema."""
+    config = body.get("output_config") or {}
+    found = config.get("format") if isinstance(config, dict) else None
+    if found is None:
+        found = body.get("output_format")
+    if found is None:
+        return None
+    loc: Loc = ("output_config", "format") if body.get("output_format") is None else ("output_format",)
+    found = _dict(found, loc)
+    _literal(_required(found, "type", loc), (*loc, "type"), ("json_schema",))
+    _dict(_required(found, "schema", loc), (*loc, "schema"))
+    return {"type": "json_schema", "schema": found["schema"]}
+
+
 # -- entry points ---------------------------------------------------------------------------------
 
 def _parse(body: Any, *, max_tokens_required: bool, max_messages: int, max_tools: int) -> MessagesRequest:
@@ -337,6 +380,8 @@ def _parse(body: Any, *, max_tokens_required: bool, max_messages: int, max_tools
         stream=bool(_optional(body, "stream", _bool)),
         thinking=_optional(body, "thinking", _thinking_config),
         metadata=metadata,
+        output_format=_output_format(body),
+        effort=_effort(body),
     )
 
 

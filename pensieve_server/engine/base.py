@@ -30,6 +30,20 @@ class Cancelled(EngineError):
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """Grammar-constrained decoding for one request (an llguidance Lark grammar; ``%json`` rules inside).
+
+    ``trigger`` "": the grammar holds from the first token. Otherwise the text is free until the
+    model writes ``trigger``; the grammar then constrains what follows it (lazy, as llama.cpp's own
+    server does for tool calls), and with ``rearm`` the text is free again once the grammar completes.
+    """
+
+    grammar: str
+    trigger: str = ""
+    rearm: bool = False
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample one completion. ``top_k == 0``, ``top_p == 1.0`` and ``repeat_penalty == 1.0`` mean "off".
 
@@ -45,6 +59,7 @@ class SamplingParams:
     seed: int | None = None
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    constraint: Constraint | None = None  # grammar-constrained decoding (tool calls, JSON output)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.constraint import ConstrainedRun, TokenGrammars
 from pensieve_server.engine.saved_states import SavedStates, common_prefix
 from pensieve_server.engine.scripted import CHATML_TEMPLATE
 from pensieve_server.models.store import ModelEntry
@@ -86,6 +87,7 @@ class LlamaCppBackend(Backend):
         self._bytes_per_token = 0
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
+        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -203,7 +205,7 @@ class LlamaCppBackend(Backend):
                     return
                 llama.eval(tokens[start : start + N_BATCH].tolist())
             self._note_bytes_per_token()
-            yield from self._decode(sampler, cached, cancel, n_ctx)
+            yield from self._decode(sampler, cached, cancel, n_ctx, self._constrained(params))
         except GeneratorExit:
             raise
         except Exception:
@@ -212,19 +214,48 @@ class LlamaCppBackend(Backend):
         finally:
             self._lib.llama_sampler_free(sampler)
 
-    def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int) -> Iterator[Step]:
-        """The per-token loop: sample, yield, then evaluate the token (the last one is never evaluated)."""
+    def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int,
+                run: ConstrainedRun | None = None) -> Iterator[Step]:
+        """The per-token loop: (mask,) sample, yield, then evaluate the token (the last one is never evaluated)."""
         llama, ctx, sample = self._llama, self._llama.ctx, self._lib.llama_sampler_sample
         pieces, piece_of = self._pieces, self._piece
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # never splits a character
         while not cancel.is_set():
+            if run is not None and run.active:
+                run.mask_logits(self._logits(ctx, -1))
             token = sample(sampler, ctx, -1)
             piece = pieces.get(token)
-            yield Step(token, decode(piece if piece is not None else piece_of(token)), cached)
+            if piece is None:
+                piece = piece_of(token)
+            if run is not None:
+                run.accept(token, piece)
+            yield Step(token, decode(piece), cached)
             cached = 0
             if llama.n_tokens + 1 >= n_ctx:
                 return  # the context is full
             llama.eval((token,))
+
+    # -- constrained decoding (engine/constraint.py) -------------------------------------------------
+    def _constrained(self, params: SamplingParams) -> ConstrainedRun | None:
+        if params.constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = TokenGrammars(self._ll_tokenizer, self._llama.n_vocab())
+        return self._grammars.start(params.constraint)
+
+    def _ll_tokenizer(self) -> Any:
+        import warnings
+
+        from llguidance.llamacpp import lltokenizer_from_vocab
+
+        with warnings.catch_warnings():  # it reads every token's attributes through a deprecated alias
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return lltokenizer_from_vocab(self._vocab, eos_token=sorted(self._stop_tokens))
+
+    def _logits(self, ctx: Any, row: int) -> np.ndarray:
+        """The logits llama.cpp will sample ``row`` from, as a writable view (masked in place)."""
+        pointer = self._lib.llama_get_logits_ith(ctx, row)
+        return np.ctypeslib.as_array(pointer, shape=(self._llama.n_vocab(),))
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lib = self._lib

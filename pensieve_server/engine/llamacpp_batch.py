@@ -22,6 +22,7 @@ import numpy as np
 
 from pensieve_server.engine.base import EngineError, ModelLoadError, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
+from pensieve_server.engine.constraint import ConstrainedRun
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
 from pensieve_server.engine.saved_states import common_prefix
 from pensieve_server.models.store import ModelEntry
@@ -48,6 +49,7 @@ class Running:
     cached: int
     decoder: Any
     first: bool = True
+    constraint: ConstrainedRun | None = None
 
 
 class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
@@ -113,7 +115,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         slot.last_used = self._admitted
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._running[key] = Running(slot, self._make_sampler(params), self.info.context_length,
-                                     tokens[keep:], keep, decoder)
+                                     tokens[keep:], keep, decoder, constraint=self._constrained(params))
 
     def release(self, key: Hashable) -> None:
         """End a request; its slot keeps the tokens for the next prompt that shares them."""
@@ -170,9 +172,16 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             raise EngineError(f"llama.cpp failed to decode a batch of {n} tokens (status {status})")
         steps = full
         for key, running, row in rows:
+            run = running.constraint
+            if run is not None and run.active:
+                run.mask_logits(self._logits(self._ctx, row))
             token = lib.llama_sampler_sample(running.sampler, self._ctx, row)
             piece = self._pieces.get(token)
-            text = running.decoder.decode(piece if piece is not None else self._piece(token))
+            if piece is None:
+                piece = self._piece(token)
+            if run is not None:
+                run.accept(token, piece)
+            text = running.decoder.decode(piece)
             steps[key] = Step(token, text, running.cached if running.first else 0)
             running.first = False
             running.pending = [token]  # decoded (and cached) with the next step

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.constraint import TokenGrammars
 from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, RESTORE_MIN_GAIN, SAVE_MIN_DISCARD
 from pensieve_server.engine.saved_states import SavedStates, common_prefix
 from pensieve_server.engine.scripted import CHATML_TEMPLATE
@@ -87,6 +88,7 @@ class MlxBackend(Backend):
         self._stop_tokens = self._find_stop_tokens()
         self._bytelevel = _decoder_kind(self._hf) == "bytelevel"
         self._pieces: dict[int, bytes] = {}
+        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -273,7 +275,41 @@ class MlxBackend(Backend):
             top_k=max(params.top_k, 0),
         )
         penalise = params.repeat_penalty != 1.0 and params.repeat_last_n > 0
-        return sampler, [self._repeat_penalty(params, history_prompt_len)] if penalise else []
+        processors = [self._repeat_penalty(params, history_prompt_len)] if penalise else []
+        grammar = self._grammar_processor(params, history_prompt_len)
+        return sampler, processors + ([grammar] if grammar is not None else [])
+
+    def _grammar_processor(self, params: SamplingParams, prompt_len: int) -> Callable[[Any, Any], Any] | None:
+        """A logits processor masking what the request's grammar forbids (engine/constraint.py).
+
+        mlx-lm builds step n+1 before handing out token n, so the processor reads the sampled tokens
+        from the history it is given rather than waiting for the caller.
+        """
+        if params.constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = TokenGrammars(self._ll_tokenizer, 0)
+        run = self._grammars.start(params.constraint)
+        if run is None:
+            return None
+        import mlx.core as mx
+
+        seen = 0
+
+        def process(history: Any, logits: Any) -> Any:
+            nonlocal seen
+            for token in history[prompt_len + seen:].tolist():
+                run.accept(int(token), self._piece(int(token)) if self._bytelevel else self.detokenize([token]).encode())
+                seen += 1
+            mask = run.allowed(logits.shape[-1])
+            return logits if mask is None else mx.where(mx.array(mask), logits, -mx.inf)
+
+        return process
+
+    def _ll_tokenizer(self) -> Any:
+        from llguidance.hf import from_tokenizer
+
+        return from_tokenizer(self._hf, eos_token=sorted(self._stop_tokens))
 
     @staticmethod
     def _repeat_penalty(params: SamplingParams, prompt_len: int) -> Callable[[Any, Any], Any]:

@@ -19,6 +19,7 @@ from pensieve_server.anthropic.errors import ApiError, InvalidRequest, NotFound
 from pensieve_server.anthropic.fitting import fit_request
 from pensieve_server.anthropic.model_names import resolve_model_name
 from pensieve_server.anthropic.stream import MessageAssembler, StreamEvent
+from pensieve_server.anthropic.thinking import thinking_requested
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.engine.base import Completion, Timings
 from pensieve_server.engine.pool import LoadedModel
@@ -124,7 +125,8 @@ class UpstreamService:
     def _translated(self, plan: UpstreamPlan, job: UpstreamJob, ping_interval: float | None
                     ) -> Iterator[StreamEvent | None]:
         assembler = MessageAssembler(model=plan.request.model, input_tokens=plan.input_estimate)
-        translator = ChunkTranslator(tuple(plan.request.stop_sequences))
+        translator = ChunkTranslator(tuple(plan.request.stop_sequences),
+                                     show_thinking=thinking_requested(plan.request.thinking))
         yield from assembler.start()
         quiet_since = time.perf_counter()
         for chunk in job.exchange.items(ping_interval):

@@ -9,7 +9,8 @@ Request (:func:`to_openai_request`):
 - ``tool_use`` → the assistant message's ``tool_calls`` (arguments as a JSON string);
 - ``tool_result`` → ``role: "tool"`` messages right after that assistant message (content flattened
   to text, ``is_error`` noted in front), then the rest of the user turn;
-- thinking blocks are dropped; tools → ``functions`` with ``input_schema`` as ``parameters``;
+- thinking blocks → the assistant message's ``reasoning_content``; tools → ``functions`` with
+  ``input_schema`` as ``parameters``;
 - ``tool_choice`` auto/any/tool/none → ``"auto"``/``"required"``/named function/``"none"``,
   ``disable_parallel_tool_use`` → ``parallel_tool_calls: false``;
 - ``stop_sequences`` → ``stop``; ``max_tokens``, ``temperature``, ``top_p``, ``top_k`` as given.
@@ -18,7 +19,8 @@ Response (:class:`ChunkTranslator`): streamed ``chat.completion.chunk`` objects 
 ``chat.completion``, see :func:`response_as_chunk`) → the tool-call parser's pieces, which the
 :class:`~pensieve_server.anthropic.stream.MessageAssembler` turns into Anthropic events. Argument
 deltas of a streamed tool call become ``input_json_delta`` events as they arrive. ``finish_reason``
-stop/length/tool_calls/content_filter → end_turn/max_tokens/tool_use/refusal; ``usage`` (with
+stop/length/tool_calls/content_filter → end_turn/max_tokens/tool_use/refusal; ``reasoning_content``
+(or ``reasoning``) deltas → thinking blocks; ``usage`` (with
 ``prompt_tokens_details.cached_tokens``) → the Completion's token counts.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from pensieve_server.anthropic.errors import InternalError
 from pensieve_server.anthropic.render import content_blocks, neutralise_system_text, plain_text, system_text
+from pensieve_server.anthropic.thinking import ThinkingPiece
 from pensieve_server.anthropic.tools import (
     Piece,
     TextPiece,
@@ -118,10 +121,12 @@ def _arguments(value: Any) -> str:
 
 
 def _assistant_message(content: Any) -> dict[str, Any] | None:
-    texts, calls = [], []
+    texts, calls, reasoning = [], [], []
     for block in content_blocks(content):
         kind = block.get("type")
-        if kind == "text" and block.get("text"):
+        if kind == "thinking" and block.get("thinking"):
+            reasoning.append(block["thinking"])
+        elif kind == "text" and block.get("text"):
             texts.append(block["text"])
         elif kind == "tool_use":
             calls.append({"id": block.get("id", ""), "type": "function",
@@ -131,6 +136,8 @@ def _assistant_message(content: Any) -> dict[str, Any] | None:
     message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts)}
     if calls:
         message["tool_calls"] = calls
+    if reasoning:  # the reasoning_content servers send back in, where they keep it (llama-server, vLLM)
+        message["reasoning_content"] = "\n".join(reasoning)
     return message
 
 
@@ -230,6 +237,7 @@ class ChunkTranslator:
     deltas: int = 0  # content/argument fragments seen: the output estimate when usage is missing
     _calls: dict[int, _Call] = field(default_factory=dict)
     _current: int | None = None
+    show_thinking: bool = True  # reasoning deltas become thinking blocks only when the request asked for them
 
     def feed(self, chunk: dict[str, Any]) -> list[Piece]:
         if isinstance(chunk.get("error"), (dict, str)):
@@ -241,6 +249,12 @@ class ChunkTranslator:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or choice.get("message") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")  # vLLM, llama-server, Ollama
+            if isinstance(reasoning, str) and reasoning:
+                self.deltas += 1
+                if self.show_thinking:
+                    out.extend(self._close_current())
+                    out.append(ThinkingPiece(reasoning))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 self.deltas += 1
                 out.extend(self._close_current())

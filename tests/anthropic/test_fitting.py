@@ -19,6 +19,7 @@ from pensieve_server.anthropic.fitting import (
 )
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.types import MessagesRequest
+from pensieve_server.anthropic.validate import check_tool_results
 from pensieve_server.engine.base import ModelInfo
 from tests.fixtures import CLAUDE_CODE_REQUEST
 
@@ -266,6 +267,7 @@ def test_fitted_conversations_stay_valid(context: int) -> None:
     except PromptTooLong:
         return
     assert_valid_conversation(request.messages, result.request.messages)
+    check_tool_results(result.request.messages)  # fitting never leaves an orphan tool_result (a 400)
     assert result.prompt_tokens == count(result.request)
     assert result.prompt_tokens + answer_room(100, context) <= context
 

@@ -312,3 +312,59 @@ def test_limits_on_messages_and_tools() -> None:
     assert len(parse_messages_request(body(messages=many), max_messages=4).messages) == 4
     tools = [{**TOOL, "name": f"t{i}"} for i in range(3)]
     assert error_of(body(tools=tools), max_tools=2) == "tools: too many tools (3); this server accepts at most 2"
+
+
+# -- tool_result pairing ------------------------------------------------------------------------------
+
+def _call(tool_id: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": tool_id, "name": "get_weather", "input": {}}
+
+
+def _result(tool_id: str) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": tool_id, "content": "ok"}
+
+
+def test_orphan_tool_result_is_400_with_anthropics_wording() -> None:
+    messages = [{"role": "user", "content": "go"},
+                {"role": "assistant", "content": [_call("toolu_a")]},
+                {"role": "user", "content": [_result("toolu_a"), {"type": "text", "text": "and"},
+                                             _result("toolu_x"), _result("toolu_y")]}]
+    assert error_of(body(messages=messages, tools=[TOOL])) == (
+        "messages.2.content.2: unexpected `tool_use_id` found in `tool_result` blocks: toolu_x, toolu_y. "
+        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+    with pytest.raises(InvalidRequest):
+        parse_count_tokens_request(body(messages=messages, tools=[TOOL]))
+
+
+def test_tool_result_must_answer_the_previous_assistant_turn_not_an_older_one() -> None:
+    messages = [{"role": "user", "content": "go"},
+                {"role": "assistant", "content": [_call("toolu_old")]},
+                {"role": "user", "content": [_result("toolu_old")]},
+                {"role": "assistant", "content": "done"},
+                {"role": "user", "content": [_result("toolu_old")]}]
+    assert error_of(body(messages=messages)).startswith("messages.4.content.0: unexpected `tool_use_id`")
+    first = [{"role": "user", "content": [_result("toolu_none")]}]
+    assert error_of(body(messages=first)).startswith("messages.0.content.0: unexpected `tool_use_id`")
+
+
+def test_results_split_over_consecutive_user_turns_are_accepted() -> None:
+    messages = [{"role": "user", "content": "go"},
+                {"role": "assistant", "content": [_call("toolu_a"), _call("toolu_b")]},
+                {"role": "user", "content": [_result("toolu_a")]},
+                {"role": "user", "content": [_result("toolu_b")]}]
+    assert len(parse_messages_request(body(messages=messages)).messages) == 4
+
+
+def test_every_captured_claude_code_request_passes_the_pairing_check() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "claude-code"
+    files = sorted(root.rglob("*.json"))
+    assert files
+    checked = 0
+    for path in files:
+        item = json.loads(path.read_text()).get("body")
+        if isinstance(item, dict) and isinstance(item.get("messages"), list) and item.get("max_tokens"):
+            parse_messages_request(item)
+            checked += 1
+    assert checked > 0

@@ -1,0 +1,259 @@
+"""Tool calls, structured output and decode speed with and without constrained decoding, on the embedded model.
+
+    python benchmarks/tool_calls.py [--engine llamacpp|mlx] [--requests N] [--out benchmarks/results]
+
+Runs Pensieve in-process (real Waitress server, the embedded SmolLM2-135M, greedy decoding) and
+sends a fixed set of coding requests with Claude Code's real Bash, Read, Edit and Write definitions
+(``tests/fixtures/claude-code/interactive/002``), once with constrained decoding off ("before": the
+validate-after behaviour, by replacing the service's constraint with none) and once on ("after"):
+
+- valid-call rate under ``tool_choice`` any: responses that are a tool_use whose input validates
+  (jsonschema) against the tool's schema;
+- under auto: the calls emitted, how many validate, and call attempts that degraded to text;
+- the title side request (``003``, json_schema format) on several sessions: parse rate and output tokens;
+- decode speed with the grammar active vs free, on the engine itself (same prompts, tokens/s after the
+  first token, median of the runs).
+
+Writes ``<out>/<YYYY-MM-DD>-tool-calls-<engine>.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+FIXTURES = REPO / "tests" / "fixtures" / "claude-code" / "interactive"
+MAIN_TOOLS = ("Bash", "Read", "Edit", "Write")
+CODING_REQUESTS = [
+    "List the files in the current directory.",
+    "Show me the contents of /repo/setup.py.",
+    "Run the test suite with pytest.",
+    "In /repo/app.py replace the word foo with bar.",
+    "Create /repo/hello.txt containing the text hello.",
+    "What does /repo/README.md say about installation?",
+    "Check which git branch I am on.",
+    "Rename the function load_data to read_data in /repo/data.py.",
+    "Write a .gitignore file in /repo that ignores __pycache__.",
+    "Find all TODO comments in the repository.",
+    "Read the first 20 lines of /repo/main.py.",
+    "Install the requests package with pip.",
+    "Fix the typo 'recieve' to 'receive' in /repo/net.py.",
+    "Create /repo/tests/test_math.py with a test that 1 + 1 == 2.",
+    "Show the last 5 git commits.",
+    "Open /repo/config.toml.",
+    "Count the lines of Python code in src/.",
+    "Change the port from 8000 to 8080 in /repo/server.py.",
+    "Write a Makefile in /repo with a test target that runs pytest.",
+    "Show the disk usage of the current directory.",
+    "Read /repo/pyproject.toml and tell me the project name.",
+    "Delete the build directory.",
+]
+TITLE_SESSIONS = [
+    "what is 2+2", "fix the failing login test", "add dark mode to the settings page",
+    "why is my docker build slow", "refactor the payment module", "write a README for this repo",
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def tools() -> list[dict[str, Any]]:
+    body = json.loads((FIXTURES / "002-POST-v1_messages.json").read_text())["body"]
+    return [tool for tool in body["tools"] if tool["name"] in MAIN_TOOLS]
+
+
+def title_body(session: str) -> dict[str, Any]:
+    body = json.loads((FIXTURES / "003-POST-v1_messages.json").read_text())["body"]
+    text = body["messages"][0]["content"][0]["text"].replace("what is 2+2", session)
+    return {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}], "stream": False}
+
+
+class Server:
+    """Pensieve in-process on the embedded model, with the service's constraint switchable off."""
+
+    def __init__(self, engine: str, home: Path) -> None:
+        os.environ["PENSIEVE_HOME"] = str(home)
+        from pensieve_server import service
+        from pensieve_server.app import create_app
+        from pensieve_server.engine.pool import ModelPool
+        from pensieve_server.models.embedded import EMBEDDED_NAME
+        from pensieve_server.models.store import ModelStore
+        from pensieve_server.runner import build_server
+        from pensieve_server.settings import load_settings
+
+        self._service = service
+        self._constraint = service.request_constraint
+        settings = load_settings({"engine": engine, "auth_token": "bench", "port": 0}).replace(
+            default_model=EMBEDDED_NAME, temperature=0.0)
+        self.pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
+        self.model = self.pool.get(EMBEDDED_NAME)
+        self._server = build_server(create_app(settings, self.pool), settings, port=0)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.effective_port}"
+
+    def constrained(self, on: bool) -> None:
+        self._service.request_constraint = self._constraint if on else (lambda *_a, **_k: None)
+
+    def close(self) -> None:
+        from pensieve_server.runner import stop_server
+
+        stop_server(self._server)
+        self._thread.join(timeout=5)
+        self.pool.close()
+
+
+def post(client: Any, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/messages", json=body)
+    response.raise_for_status()
+    return response.json()
+
+
+def tool_round(client: Any, choice: str, requests: list[str], schemas: dict[str, Any]) -> dict[str, Any]:
+    import jsonschema
+
+    valid = responses_with_call = calls = valid_calls = attempts_as_text = 0
+    for text in requests:
+        message = post(client, {"model": "claude-sonnet-4-5", "max_tokens": 200, "tools": tools(),
+                                "tool_choice": {"type": choice}, "messages": [{"role": "user", "content": text}]})
+        uses = [block for block in message["content"] if block["type"] == "tool_use"]
+        ok = []
+        for use in uses:
+            try:
+                jsonschema.validate(use["input"], schemas[use["name"]])
+                ok.append(use)
+            except (jsonschema.ValidationError, KeyError):
+                pass
+        calls += len(uses)
+        valid_calls += len(ok)
+        responses_with_call += bool(uses)
+        valid += bool(uses) and len(ok) == len(uses)
+        attempts_as_text += sum("<tool_call>" in block.get("text", "") or '"arguments"' in block.get("text", "")
+                                for block in message["content"] if block["type"] == "text")
+    return {"requests": len(requests), "responses_with_valid_call": valid, "responses_with_call": responses_with_call,
+            "calls": calls, "valid_calls": valid_calls, "call_attempts_left_as_text": attempts_as_text}
+
+
+def title_round(client: Any) -> dict[str, Any]:
+    parsed, tokens = 0, []
+    for session in TITLE_SESSIONS:
+        message = post(client, title_body(session))
+        text = "".join(block.get("text", "") for block in message["content"] if block["type"] == "text")
+        try:
+            value = json.loads(text)
+            parsed += isinstance(value, dict) and isinstance(value.get("title"), str)
+        except ValueError:
+            pass
+        tokens.append(message["usage"]["output_tokens"])
+    return {"requests": len(TITLE_SESSIONS), "parsed": parsed, "output_tokens_mean": statistics.mean(tokens)}
+
+
+def decode_speed(server: Server, runs: int) -> dict[str, Any]:
+    """Tokens/s after the first token, engine only: a forced Write call (long content) vs free text."""
+    from pensieve_server.anthropic.constraints import tool_call_constraint
+    from pensieve_server.anthropic.render import render_prompt
+    from pensieve_server.anthropic.types import MessagesRequest
+    from pensieve_server.engine.base import Completion, SamplingParams
+    from pensieve_server.engine.generation import generate
+
+    backend = server.model.backend
+    write = [tool for tool in tools() if tool["name"] == "Write"]
+    constraint = tool_call_constraint(write, {"type": "tool", "name": "Write", "disable_parallel_tool_use": True})
+    rates: dict[str, list[float]] = {"free": [], "constrained": []}
+    for index in range(runs):
+        request = MessagesRequest(model="m", max_tokens=96, tools=write, messages=[{"role": "user", "content": [
+            {"type": "text", "text": f"Write a long poem about the sea, number {index}, to /repo/poem{index}.txt."}]}])
+        prompt = backend.tokenize(render_prompt(request, backend.info))
+        for kind in ("free", "constrained") if index % 2 == 0 else ("constrained", "free"):
+            params = SamplingParams(max_tokens=96, temperature=0.0, repeat_penalty=1.1,
+                                    constraint=constraint if kind == "constrained" else None)
+            done = [e for e in generate(backend, prompt, params) if isinstance(e, Completion)][0]
+            if done.output_tokens > 8:
+                rates[kind].append(done.decode_tokens_per_s)
+    free, constrained = statistics.median(rates["free"]), statistics.median(rates["constrained"])
+    return {"runs": runs, "free_tok_s": round(free, 1), "constrained_tok_s": round(constrained, 1),
+            "ratio": round(constrained / free, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="llamacpp", choices=("llamacpp", "mlx"))
+    parser.add_argument("--requests", type=int, default=len(CODING_REQUESTS))
+    parser.add_argument("--speed-runs", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    import httpx
+    import jsonschema  # noqa: F401 - fail early when the validator is missing
+
+    requests = CODING_REQUESTS[: args.requests]
+    schemas = {tool["name"]: tool["input_schema"] for tool in tools()}
+    started = time.perf_counter()
+    result: dict[str, Any] = {"engine": args.engine, "model": "smollm2-135m (embedded, Q4_1)", "greedy": True,
+                              "date": dt.date.today().isoformat()}
+    with tempfile.TemporaryDirectory(prefix="pensieve-bench-") as home:
+        server = Server(args.engine, Path(home))
+        try:
+            with httpx.Client(base_url=server.url, headers={"x-api-key": "bench"}, timeout=900) as client:
+                for label, on in (("before", False), ("after", True)):
+                    server.constrained(on)
+                    log(f"{label}: tool_choice any")
+                    result[f"{label}_any"] = tool_round(client, "any", requests, schemas)
+                    log(f"{label}: tool_choice auto")
+                    result[f"{label}_auto"] = tool_round(client, "auto", requests, schemas)
+                    log(f"{label}: title json_schema")
+                    result[f"{label}_title"] = title_round(client)
+            server.constrained(True)
+            log("decode speed")
+            result["decode_speed"] = decode_speed(server, args.speed_runs)
+        finally:
+            server.close()
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{result['date']}-tool-calls-{args.engine}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"# Tool calls and structured output, {result['engine']}, {result['date']}", "",
+             f"Model {result['model']}, greedy; Claude Code's Bash/Read/Edit/Write definitions. "
+             f"Wall time {result.get('wall_s', '?')} s.", "",
+             "| | before (validate after) | after (constrained) |", "| --- | --- | --- |"]
+    for choice in ("any", "auto"):
+        before, after = result[f"before_{choice}"], result[f"after_{choice}"]
+        lines.append(f"| `{choice}`: responses with a valid call / requests | {before['responses_with_valid_call']}/"
+                     f"{before['requests']} | {after['responses_with_valid_call']}/{after['requests']} |")
+        lines.append(f"| `{choice}`: valid calls / calls emitted | {before['valid_calls']}/{before['calls']} | "
+                     f"{after['valid_calls']}/{after['calls']} |")
+        lines.append(f"| `{choice}`: call attempts left as text | {before['call_attempts_left_as_text']} | "
+                     f"{after['call_attempts_left_as_text']} |")
+    before, after = result["before_title"], result["after_title"]
+    lines.append(f"| title json_schema: parsed / requests | {before['parsed']}/{before['requests']} | "
+                 f"{after['parsed']}/{after['requests']} |")
+    lines.append(f"| title json_schema: output tokens (mean) | {before['output_tokens_mean']:.1f} | "
+                 f"{after['output_tokens_mean']:.1f} |")
+    speed = result.get("decode_speed")
+    if speed:
+        lines += ["", f"Decode speed (engine, median of {speed['runs']}): free {speed['free_tok_s']} tok/s, "
+                      f"constrained {speed['constrained_tok_s']} tok/s, ratio {speed['ratio']}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Grammar-constrained sampling for every engine, with llguidance.
+
+Why llguidance: one Rust library computes the allowed-token mask for both engines from the
+backend's own vocabulary (llama.cpp vocab or Hugging Face tokenizer), compiles JSON schemas itself
+(``%json`` inside a Lark grammar, so a tool call's name and arguments are one grammar), reports a
+schema it cannot express instead of crashing, and is fast enough per token (tens of µs) that
+constrained decoding keeps pace with unconstrained. The engine only masks logits before sampling.
+
+A :class:`Constraint` with a ``trigger`` is lazy: nothing is masked until the model has written the
+trigger text (``<tool_call>``), so free text costs nothing; then the grammar takes over from the
+bytes after it, and with ``rearm`` lets go again once the call is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pensieve_server.engine.base import Constraint
+
+log = logging.getLogger(__name__)
+
+GRAMMAR_CACHE_SIZE = 16
+
+
+class TokenGrammars:
+    """A backend's llguidance tokenizer (built on first use: ~1 s) and its recently compiled grammars."""
+
+    def __init__(self, make_tokenizer: Callable[[], Any], vocab_size: int) -> None:
+        self._make_tokenizer = make_tokenizer
+        self._tokenizer: Any = None
+        self.vocab_size = vocab_size
+        self._compiled: OrderedDict[str, Any] = OrderedDict()
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = self._make_tokenizer()
+        return self._tokenizer
+
+    def _matcher(self, grammar: str) -> Any | None:
+        """A fresh matcher for ``grammar`` (a copy of the cached compiled one); None if it does not compile."""
+        template = self._compiled.get(grammar)
+        if template is None:
+            from llguidance import LLMatcher
+
+            template = LLMatcher(self.tokenizer(), grammar, log_level=0)
+            if template.is_error():
+                log.warning("constrained decoding off for this request: the grammar does not compile (%s)",
+                            template.get_error().splitlines()[0][:300])
+                return None
+            self._compiled[grammar] = template
+            while len(self._compiled) > GRAMMAR_CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(grammar)
+        return template.deep_copy()
+
+    def start(self, constraint: Constraint | None) -> ConstrainedRun | None:
+        """The per-request state for ``constraint`` (None: sample freely)."""
+        if constraint is None:
+            return None
+        try:
+            fresh = self._matcher(constraint.grammar)
+        except Exception as exc:  # noqa: BLE001 - a grammar library failure must never fail the request
+            log.warning("constrained decoding off for this request: %s", exc)
+            return None
+        if fresh is None:
+            return None
+        return ConstrainedRun(self, constraint, fresh)
+
+
+class ConstrainedRun:
+    """One generation's grammar state: ``allowed()`` before sampling, ``accept()`` after each token."""
+
+    def __init__(self, grammars: TokenGrammars, constraint: Constraint, fresh: Any) -> None:
+        self._grammars = grammars
+        self._fresh = fresh  # an unused matcher, copied again when a rearmed trigger fires
+        self._trigger = constraint.trigger.encode()
+        self._rearm = constraint.rearm
+        self._tail = b""
+        self._matcher: Any = None
+        self.failed = False
+        if not self._trigger:
+            self._matcher = fresh.deep_copy()
+
+    @property
+    def active(self) -> bool:
+        return self._matcher is not None and not self.failed
+
+    def allowed(self, size: int = 0) -> np.ndarray | None:
+        """A boolean mask over ``size`` logits (the vocabulary's size by default); None while the text is free."""
+        if not self.active:
+            return None
+        bits = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
+        mask = np.unpackbits(bits, bitorder="little").astype(bool)
+        size = size or self._grammars.vocab_size
+        if mask.size >= size:
+            return mask[:size]
+        return np.concatenate([mask, np.zeros(size - mask.size, dtype=bool)])
+
+    def mask_logits(self, logits: np.ndarray) -> None:
+        """Set every token the grammar forbids to -inf in ``logits`` (a writable float array, in place)."""
+        mask = self.allowed(logits.shape[-1])
+        if mask is not None:
+            logits[~mask] = -np.inf
+
+    def accept(self, token: int, piece: bytes) -> None:
+        """Record the sampled ``token`` (its text bytes ``piece``)."""
+        if self.failed:
+            return
+        if self._matcher is not None:
+            if not self._matcher.consume_token(token):
+                self._give_up(self._matcher.get_error())
+            elif self._rearm and self._matcher.is_accepting():
+                self._matcher, self._tail = None, b""  # the call is complete: free text again
+            return
+        self._tail += piece
+        found = self._tail.find(self._trigger)
+        if found < 0:
+            self._tail = self._tail[-(len(self._trigger) - 1):] if len(self._trigger) > 1 else b""
+            return
+        rest, self._tail = self._tail[found + len(self._trigger):], b""
+        self._matcher = self._fresh.deep_copy()
+        if rest and not self._matcher.consume_tokens(self._grammars.tokenizer().tokenize_bytes(rest)):
+            self._give_up(f"the text right after the trigger does not fit the grammar: {rest[:40]!r}")
+
+    def _give_up(self, why: str) -> None:
+        self.failed = True
+        log.info("constrained decoding stopped for this request (validated after generation instead): %s",
+                 why.splitlines()[0][:300] if why else "matcher error")
