@@ -225,7 +225,7 @@ def _gpu_words(gpu: dict[str, Any] | None) -> str:
         return "none (everything on the CPU)"
     memory = f", {gpu['memory_bytes'] / 2**30:.0f} GiB" if gpu.get("memory_bytes") else ""
     offload = "llama.cpp built with GPU offload" if gpu.get("llamacpp_gpu_offload") else "llama.cpp CPU-only build"
-    return f"{gpu.get('name')}{memory}; {offload}; MLX on {gpu.get('mlx') or 'not installed'}"
+    return f"{gpu.get('name')}{memory}; {offload}; MLX: {gpu.get('mlx') or 'not installed'}"
 
 
 def _machine_section(run: dict[str, Any]) -> list[str]:
