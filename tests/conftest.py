@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pensieve_server.models.store import ModelStore
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -19,3 +21,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                  "PENSIEVE_PORT", "PENSIEVE_AUTH_TOKEN", "PENSIEVE_ENGINE", "PENSIEVE_HOST", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """One model store for the session's real-model tests, which only read it: the embedded GGUF is
+    converted for MLX once, not once per module."""
+    return ModelStore(tmp_path_factory.mktemp("models"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from pensieve_server.engine.scripted import ScriptedBackend
 from tests.e2e.conftest import MAX_OUTPUT_TOKENS, claude_binary, claude_env
 from tests.serverutil import running_server
 
-pytestmark = pytest.mark.claude_code
+pytestmark = [pytest.mark.claude_code, pytest.mark.slow]
 
 
 def run_claude(args: list[str], env: dict[str, str], cwd, timeout: int = 420) -> subprocess.CompletedProcess:
@@ -39,10 +40,18 @@ def answered_by_the_model(done: subprocess.CompletedProcess) -> dict:
     return result
 
 
-def test_print_answers_from_the_embedded_model_and_second_turn_hits_the_prefix_cache(llamacpp_server, tmp_path):
-    env = claude_env(llamacpp_server, tmp_path / "home")
-    work = tmp_path / "project"
-    work.mkdir()
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One HOME and project folder for the module's runs on the real model: Claude Code's prompt (which
+    names the folder) is then the same for each, and only the first run pays its cold prefill."""
+    folder = tmp_path_factory.mktemp("claude-workspace")
+    (folder / "project").mkdir()
+    return folder
+
+
+def test_print_answers_from_the_embedded_model_and_second_turn_hits_the_prefix_cache(llamacpp_server, workspace):
+    env = claude_env(llamacpp_server, workspace / "home")
+    work = workspace / "project"
     first = answered_by_the_model(run_claude(["--print", "Say hello in 5 words", "--output-format", "json"], env, work))
     assert first["usage"]["input_tokens"] > 2000  # a cold start: nothing cached yet
     second = answered_by_the_model(run_claude(["--print", "Say hello in 5 words", "--output-format", "json"],
@@ -50,10 +59,10 @@ def test_print_answers_from_the_embedded_model_and_second_turn_hits_the_prefix_c
     assert second["usage"]["cache_read_input_tokens"] > 2000, second["usage"]
 
 
-def test_stream_json_output_parses(llamacpp_server, tmp_path):
-    env = claude_env(llamacpp_server, tmp_path / "home")
+def test_stream_json_output_parses(llamacpp_server, workspace):
+    env = claude_env(llamacpp_server, workspace / "home")
     done = run_claude(["--print", "Say hello in 5 words", "--output-format", "stream-json", "--verbose"],
-                      env, tmp_path)
+                      env, workspace / "project")
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert lines[0]["type"] == "system"
     assert lines[-1]["type"] == "result" and lines[-1]["subtype"] == "success"

@@ -16,6 +16,7 @@ from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 from pensieve_server.engine.scheduler import make_scheduler
 from pensieve_server.models.store import ModelStore
 
+pytestmark = pytest.mark.slow
 STATE_BUDGET = 16 * 1024**2  # a few conversations' worth of saved states
 WARM, MEASURED = 8, 16  # conversations
 GROWTH_LIMIT = 24 * 1024**2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,21 +22,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pensieve_server.engine.base import Completion, EngineError, ModelLoadError, SamplingParams, TextDelta
 from pensieve_server.engine.generation import generate
+from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES
+from pensieve_server.engine.mlx_backend import MlxBackend
 from pensieve_server.engine.pool import ModelPool
 from pensieve_server.engine.select import load_backend
 from pensieve_server.models.store import ModelEntry, ModelStore
 from pensieve_server.settings import load_settings
+from tests.raw_reference import assert_greedy_path, raw_mlx
 from tests.serverutil import running_server
 
 REPO = Path(__file__).resolve().parents[2]
-
-pytest.importorskip("mlx.core")
-pytest.importorskip("mlx_lm")
-
-from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES  # noqa: E402
-from pensieve_server.engine.mlx_backend import MlxBackend  # noqa: E402 - after the skip when MLX is absent
+pytestmark = pytest.mark.slow
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 FRANCE = "What is the capital of France?"
@@ -46,8 +44,8 @@ def chat(question: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
-    return ModelStore(tmp_path_factory.mktemp("models"))
+def store(model_store: ModelStore) -> ModelStore:
+    return model_store  # the session's: the GGUF is converted for MLX once
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +151,11 @@ def test_mlx_folder_behind_the_real_server(backend: MlxBackend, store: ModelStor
         reply = http.post("/v1/messages", json=body)
         assert reply.status_code == 200, reply.text
         message = reply.json()
-        assert "Paris" in message["content"][0]["text"]
-        assert message["stop_reason"] == "end_turn"
+        answer = "".join(block["text"] for block in message["content"])
+        raw = raw_mlx(folder)  # mlx-lm itself on the same folder: the answer must be its own
+        prompt = raw.vocab.tokenize(chat(FRANCE))
+        assert message["usage"]["input_tokens"] + message["usage"]["cache_read_input_tokens"] == len(prompt)
+        assert_greedy_path(raw, prompt, answer, message["stop_reason"])
         text, types, usage = "", [], {}
         with http.stream("POST", "/v1/messages", json={**body, "stream": True}) as response:
             assert response.status_code == 200
@@ -167,20 +168,27 @@ def test_mlx_folder_behind_the_real_server(backend: MlxBackend, store: ModelStor
                         text += data["delta"]["text"]
                     elif data["type"] == "message_delta":
                         usage = data["usage"]
-        assert text == message["content"][0]["text"]
+        assert text == answer
         assert types[0] == "message_start" and types[-1] == "message_stop"
         assert usage["cache_read_input_tokens"] > 0  # the same prompt again: its prefix came from the cache
     pool.close()
 
 
-def test_serve_on_batched_mlx_in_its_own_process_answers_together_and_exits_cleanly(tmp_path: Path):
+def test_serve_on_batched_mlx_in_its_own_process_answers_together_and_exits_cleanly(backend: MlxBackend,
+                                                                                    store: ModelStore,
+                                                                                    tmp_path: Path):
     """`pensieve serve --engine mlx --parallel 2` as a user runs it: two requests at once, then SIGTERM
     ends it with status 0 (MLX's teardown once aborted such a process with status 134)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     token = "mlx-batch-test-token-0123456789abcdef"
-    env = {**os.environ, "PENSIEVE_HOME": str(tmp_path), "PENSIEVE_AUTH_TOKEN": token,
+    # The conversion this module already made, where the server's own store looks for it: converting
+    # on first use is tested on its own (tests/models/test_gguf_to_mlx.py).
+    served = ModelStore(load_settings(environ={"PENSIEVE_HOME": str(tmp_path)}).paths.models_dir)
+    shutil.copytree(store.derived_dir(store.embedded(), "mlx"), served.derived_dir(served.embedded(), "mlx"))
+    # Greedy without the default repeat penalty, so that each answer can be held against mlx-lm's own.
+    env = {**os.environ, "PENSIEVE_HOME": str(tmp_path), "PENSIEVE_AUTH_TOKEN": token, "PENSIEVE_REPEAT_PENALTY": "1.0",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "pensieve_cli.main", "serve", "--engine", "mlx", "--parallel", "2",
                              "--port", str(port), "--context-length", "2048"],
@@ -188,12 +196,12 @@ def test_serve_on_batched_mlx_in_its_own_process_answers_together_and_exits_clea
     base = f"http://127.0.0.1:{port}"
     headers = {"x-api-key": token, "anthropic-version": "2023-06-01"}
 
-    def ask(question: str) -> str:
+    def ask(question: str) -> dict:
         body = {"model": "claude-sonnet-4-5", "max_tokens": 12, "temperature": 0.0,
                 "system": "You are a helpful assistant.", "messages": [{"role": "user", "content": question}]}
         response = httpx.post(f"{base}/v1/messages", json=body, headers=headers, timeout=300)
         assert response.status_code == 200, response.text
-        return response.json()["content"][0]["text"]
+        return response.json()
 
     try:
         deadline = time.monotonic() + 120
@@ -202,9 +210,13 @@ def test_serve_on_batched_mlx_in_its_own_process_answers_together_and_exits_clea
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
             time.sleep(0.5)
+        questions = ["What is the capital of France?", "What is the capital of England?"]
         with ThreadPoolExecutor(2) as executor:
-            answers = list(executor.map(ask, ["What is the capital of France?", "What is the capital of England?"]))
-        assert "Paris" in answers[0] and "London" in answers[1], answers
+            answers = list(executor.map(ask, questions))
+        raw = raw_mlx(store.derived_dir(store.embedded(), "mlx"))  # the same conversion of the same GGUF
+        for question, message in zip(questions, answers, strict=True):  # each its own answer, not the other's
+            text = "".join(block["text"] for block in message["content"])
+            assert_greedy_path(raw, raw.vocab.tokenize(chat(question)), text, message["stop_reason"])
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
