@@ -9,6 +9,7 @@ A JSON ``null`` in an optional field counts as absent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -33,6 +34,52 @@ TOOL_RESULT_BLOCKS = ("text", "image", "document", "search_result")
 
 def _fail(loc: Loc, message: str) -> NoReturn:
     raise InvalidRequest(f"{'.'.join(str(part) for part in loc)}: {message}" if loc else message)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _shown_key(key: str) -> str:
+    """An object key as a location part: surrogates escaped, long keys cut, so the error message is valid text."""
+    shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(shown) <= 40 else shown[:40] + "…"
+
+
+def find_lone_surrogate(value: Any) -> tuple[Loc, str, int] | None:
+    """The first string (or object key) holding a lone UTF-16 surrogate: its location, the string, the index.
+
+    Python's ``json`` turns the escape ``"\\ud800"`` into a code point no UTF-8 encoder accepts, so one
+    iterative pass over the decoded body (any depth, keys too) finds them before anything encodes text.
+    """
+    stack: list[tuple[Any, Loc]] = [(value, ())]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, str):
+            found = None if node.isascii() else _SURROGATE.search(node)
+            if found:
+                return loc, node, found.start()
+        elif isinstance(node, dict):
+            for key in node:
+                found = None if key.isascii() else _SURROGATE.search(key)
+                if found:
+                    return (*loc, key), key, found.start()
+            stack.extend((item, (*loc, key)) for key, item in reversed(node.items()))  # reversed: document order
+        elif isinstance(node, list):
+            stack.extend((node[index], (*loc, index)) for index in range(len(node) - 1, -1, -1))
+    return None
+
+
+def check_unicode(body: Any) -> None:
+    """Refuse text that is not valid Unicode as Anthropic does: 400, "not valid JSON", naming the field."""
+    found = find_lone_surrogate(body)
+    if found is None:
+        return
+    loc, text, index = found
+    code = ord(text[index])
+    problem = "no low surrogate in string" if code < 0xDC00 else "lone low surrogate in string"
+    _fail(tuple(_shown_key(p) if isinstance(p, str) else p for p in loc),
+          f"The request body is not valid JSON: {problem} (U+{code:04X} at character {index} is half of a "
+          "UTF-16 surrogate pair, which is not valid Unicode)")
 
 
 def _choices(values: tuple[str, ...]) -> str:
@@ -352,6 +399,7 @@ def _output_format(body: dict[str, Any]) -> dict[str, Any] | None:
 # -- entry points ---------------------------------------------------------------------------------
 
 def _parse(body: Any, *, max_tokens_required: bool, max_messages: int, max_tools: int) -> MessagesRequest:
+    check_unicode(body)  # first, as the real API refuses it while decoding: nothing later sees a lone surrogate
     if not isinstance(body, dict):
         raise InvalidRequest("request body: Input should be a valid dictionary (a JSON object)")
     model = _str(_required(body, "model", ()), ("model",), nonempty=True)

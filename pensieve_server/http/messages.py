@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 
-from pensieve_server.anthropic.errors import ApiError, InvalidRequest
+from pensieve_server.anthropic.errors import ApiError, InternalError, InvalidRequest
 from pensieve_server.anthropic.sse import encode_event, error_event, ping_event
 from pensieve_server.anthropic.stream import fold_events
 from pensieve_server.service import MessagesService
@@ -25,7 +25,13 @@ def _service() -> MessagesService:
     return service
 
 
+def _not_json_constant(name: str) -> Any:
+    """Python's json reads ``NaN`` and ``Infinity``; JSON (RFC 8259) has none, and no upstream's encoder sends them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _json_body() -> Any:
+    """The decoded body; text that is not valid Unicode is refused next, in validation (docs/input.md)."""
     content_type = request.mimetype or ""
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise InvalidRequest(f"Content-Type must be application/json, got {content_type!r}")
@@ -35,7 +41,7 @@ def _json_body() -> Any:
     import json
 
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -62,6 +68,9 @@ def create_message():
                     yield ping_event() if item is None else encode_event(*item)
             except ApiError as exc:
                 yield error_event(exc.error_type, exc.message)
+            except Exception as exc:  # noqa: BLE001 - the status line is sent: the client still gets an error event
+                log.exception("stream failed")
+                yield error_event("api_error", f"Internal server error ({type(exc).__name__})")
             finally:
                 events.close()
 
@@ -73,6 +82,12 @@ def create_message():
     events = service.events(prepared, job)
     try:
         message = fold_events(item for item in events if item is not None)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        if prepared.upstream is None:
+            raise
+        # An upstream Anthropic server's events are relayed as they came: ones that do not fold are its fault.
+        raise InternalError(f"the upstream's answer does not fold into a Message ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
     finally:
         events.close()
     response = jsonify(message)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from pensieve_server.anthropic.errors import ApiError, InternalError
+from pensieve_server.anthropic.validate import find_lone_surrogate
 from pensieve_server.upstream import errors
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,9 @@ class UpstreamClient:
 
     def _check(self, response: httpx.Response, path: str) -> None:
         if response.status_code >= 400:
-            raise errors.from_status(response.status_code, response.text, self.display, path)
+            error = errors.from_status(response.status_code, response.text, self.display, path)
+            error.message = printable(error.message)  # the upstream's words may hold a lone surrogate escape
+            raise error
 
     def request_json(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         """One small JSON exchange (model list, token counts); upstream problems raise ApiError."""
@@ -109,11 +113,7 @@ class UpstreamClient:
         except httpx.TransportError as exc:
             raise errors.from_transport(exc, self.display, timeout or self.read_timeout) from None
         self._check(response, path)
-        try:
-            return response.json()
-        except ValueError:
-            raise InternalError(f"the upstream at {self.display} answered {path} with something that is not "
-                                "JSON") from None
+        return upstream_json(response.content, self.display, f"an answer to {path}")
 
     def models(self, timeout: float = 10.0) -> list[str]:
         """Model ids from ``GET /v1/models`` (OpenAI and Anthropic lists share the ``data[].id`` shape)."""
@@ -235,30 +235,97 @@ class Exchange:
         self._stop.set()
 
 
+class UpstreamDataError(InternalError):
+    """The upstream's answer is not what the protocol allows: bytes that are not UTF-8, text that is not
+    valid Unicode, data that is not JSON. The client gets a clean ``api_error``; the log gets one line."""
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def utf8_lines(chunks: Iterable[bytes], url: str) -> Iterator[str]:
+    """Lines (CR, LF or CRLF) of a byte stream, each strict UTF-8; httpx's own lines would hide bad bytes as U+FFFD.
+
+    Splitting bytes is safe: no byte of a multi-byte UTF-8 character is CR or LF.
+    """
+    buffer = b""
+    for data in chunks:
+        buffer += data
+        start = 0
+        for match in _EOL.finditer(buffer):
+            if match.group() == b"\r" and match.end() == len(buffer):
+                break  # perhaps the first half of a CRLF split across reads
+            yield _utf8(buffer[start:match.start()], url)
+            start = match.end()
+        buffer = buffer[start:]
+    if buffer:
+        yield _utf8(buffer.rstrip(b"\r"), url)
+
+
+def _utf8(line: bytes, url: str) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UpstreamDataError(f"the upstream at {url} sent bytes that are not valid UTF-8 ({exc.reason} at "
+                                f"byte {exc.start}: {line[max(0, exc.start - 20):exc.start + 20]!r})") from None
+
+
+def printable(text: str) -> str:
+    """Upstream text for an error message or the log: any lone surrogate written as its escape, never raised on."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _no_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def upstream_json(data: str | bytes, url: str, what: str = "data") -> Any:
+    """Decoded JSON from the upstream, or UpstreamDataError: not JSON, NaN, or a lone surrogate (invalid Unicode)."""
+    try:
+        value = json.loads(data, parse_constant=_no_json_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        shown = data[:200] if isinstance(data, str) else data[:200].decode("utf-8", "replace")
+        raise UpstreamDataError(f"the upstream at {url} sent {what} that is not valid JSON "
+                                f"({type(exc).__name__}: {str(exc)[:200]}): {ascii(shown)}") from None
+    found = find_lone_surrogate(value)
+    if found is not None:
+        loc, text, index = found
+        where = ".".join(str(part) for part in loc) or "the top level"
+        raise UpstreamDataError(f"the upstream at {url} sent text that is not valid Unicode: a lone surrogate "
+                                f"U+{ord(text[index]):04X} in {ascii(where)[1:-1][:200]}")
+    return value
+
+
+def _whole_object(response: httpx.Response, url: str) -> dict[str, Any]:
+    value = upstream_json(response.read(), url, "an answer")
+    if not isinstance(value, dict):
+        raise UpstreamDataError(f"the upstream at {url} answered with JSON that is not an object "
+                                f"({type(value).__name__})")
+    return value
+
+
 def openai_chunks(url: str) -> Decoder:
     """Decoder of a Chat Completions stream into chunk dicts (a plain JSON answer becomes one chunk)."""
     from pensieve_server.upstream.translate import UpstreamStreamError, response_as_chunk
 
     def decode(response: httpx.Response) -> Iterator[dict[str, Any]]:
         if response.headers.get("content-type", "").startswith("application/json"):
-            yield response_as_chunk(json.loads(response.read()))
+            yield response_as_chunk(_whole_object(response, url))
             return
         finished = False
-        for event, data in sse_events(response.iter_lines()):
+        for event, data in sse_events(utf8_lines(response.iter_bytes(), url)):
             if data.strip() == "[DONE]":
                 return
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                log.warning("upstream %s sent a line that is not JSON: %.200r", url, data)
-                continue
-            if not isinstance(chunk, dict):
-                continue
             if event == "error":
                 raise UpstreamStreamError(f"the upstream at {url} failed mid-answer: "
-                                          f"{errors.upstream_message(data)}")
-            finished = finished or any(isinstance(c, dict) and c.get("finish_reason")
-                                       for c in chunk.get("choices") or [])
+                                          f"{printable(errors.upstream_message(data))}")
+            if not data.strip():
+                continue
+            chunk = upstream_json(data, url, "a stream event")
+            if not isinstance(chunk, dict):
+                continue
+            choices = chunk.get("choices") if isinstance(chunk.get("choices"), list) else []
+            finished = finished or any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
             yield chunk
         if not finished:
             raise InternalError(f"the upstream at {url} ended the stream before the answer was complete")
@@ -271,14 +338,14 @@ def anthropic_events(url: str) -> Decoder:
 
     def decode(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
         if response.headers.get("content-type", "").startswith("application/json"):
-            yield "message", json.loads(response.read())
+            yield "message", _whole_object(response, url)
             return
-        for event, data in sse_events(response.iter_lines()):
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                log.warning("upstream %s sent data that is not JSON: %.200r", url, data)
+        for event, data in sse_events(utf8_lines(response.iter_bytes(), url)):
+            if not data.strip():
                 continue
+            if event == "error" and not data.lstrip().startswith("{"):
+                raise InternalError(f"the upstream at {url} failed mid-answer: {printable(data.strip()[:500])}")
+            payload = upstream_json(data, url, "a stream event")
             if isinstance(payload, dict):
                 kind = payload.get("type") if event == "message" else event
                 yield str(kind), payload

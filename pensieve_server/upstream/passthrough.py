@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from pensieve_server.anthropic.errors import (
 from pensieve_server.anthropic.stream import StreamEvent
 from pensieve_server.anthropic.types import MessagesRequest
 from pensieve_server.anthropic.validate import is_server_tool
+
+log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_PATH = "/v1/messages/count_tokens"
@@ -92,6 +95,13 @@ def message_events(message: dict[str, Any]) -> Iterator[StreamEvent]:
     yield "message_stop", {"type": "message_stop"}
 
 
+def _counts(usage: Any) -> dict[str, int]:
+    """The token counts of an upstream ``usage`` object; anything else in it (or a non-object) is left out."""
+    if not isinstance(usage, dict):
+        return {}
+    return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 class Relay:
     """The upstream's events, as the client should see them; keeps the usage for metrics."""
 
@@ -101,19 +111,28 @@ class Relay:
         self.finished = False
 
     def on_event(self, event_type: str, data: dict[str, Any]) -> Iterator[StreamEvent]:
+        """The event as the client should see it; one of the wrong shape ends the answer with a clean error."""
+        try:
+            yield from self._on_event(event_type, data)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            log.warning("upstream event %.40r of an unexpected shape: %s: %s", event_type, type(exc).__name__, exc)
+            raise InternalError(f"the upstream sent a {event_type[:40]!r} event Pensieve cannot read "
+                                f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    def _on_event(self, event_type: str, data: dict[str, Any]) -> Iterator[StreamEvent]:
         if event_type == "ping":
             return
         if event_type == "error":
             raise error_from_event(data)
         if event_type == "message" and data.get("type") == "message":
-            for item in message_events(data):
-                yield from self.on_event(*item)
+            for item in list(message_events(data)):  # whole first: a bad block fails before any event goes out
+                yield from self._on_event(*item)
             return
         if event_type == "message_start" and isinstance(data.get("message"), dict):
             data = {**data, "message": {**data["message"], "model": self.model}}
-            self.usage.update(data["message"].get("usage") or {})
+            self.usage.update(_counts(data["message"].get("usage")))
         elif event_type == "message_delta":
-            self.usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+            self.usage.update(_counts(data.get("usage")))
         elif event_type == "message_stop":
             self.finished = True
         yield event_type, data

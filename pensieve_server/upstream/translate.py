@@ -240,6 +240,16 @@ class ChunkTranslator:
     show_thinking: bool = True  # reasoning deltas become thinking blocks only when the request asked for them
 
     def feed(self, chunk: dict[str, Any]) -> list[Piece]:
+        """The pieces in one chunk; a chunk of the wrong shape (a string where an object belongs …) is the
+        upstream's fault and ends the answer with a clean error, not a traceback."""
+        try:
+            return self._feed(chunk)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            log.warning("upstream chunk of an unexpected shape: %s: %s", type(exc).__name__, exc)
+            raise UpstreamStreamError(f"the upstream sent a chunk Pensieve cannot read ({type(exc).__name__}: "
+                                      f"{str(exc)[:200]})") from None
+
+    def _feed(self, chunk: dict[str, Any]) -> list[Piece]:
         if isinstance(chunk.get("error"), (dict, str)):
             raise UpstreamStreamError(_error_text(chunk["error"]))
         if isinstance(chunk.get("usage"), dict):
@@ -263,7 +273,7 @@ class ChunkTranslator:
                 if isinstance(call, dict):
                     out.extend(self._on_call(call, position))
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = str(choice["finish_reason"])
                 stop = choice.get("stop_reason")  # vLLM says which stop string matched
                 if isinstance(stop, str) and stop in self.stop_sequences:
                     self.matched_stop = stop
@@ -355,21 +365,25 @@ def _error_text(error: Any) -> str:
 def _parse_arguments(raw: str) -> dict[str, Any]:
     try:
         value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         log.warning("upstream tool-call arguments are not valid JSON: %.200r", raw)
         return {}
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def response_as_chunk(response: dict[str, Any]) -> dict[str, Any]:
     """A whole ``chat.completion`` as one chunk, so non-streamed answers go through the same translator."""
     choices = []
-    for choice in response.get("choices") or []:
+    for choice in _list(response.get("choices")):
         if not isinstance(choice, dict):
             continue
-        message = dict(choice.get("message") or {})
+        message = dict(choice["message"]) if isinstance(choice.get("message"), dict) else {}
         calls = [{**call, "index": call.get("index", position)}
-                 for position, call in enumerate(message.get("tool_calls") or []) if isinstance(call, dict)]
+                 for position, call in enumerate(_list(message.get("tool_calls"))) if isinstance(call, dict)]
         if calls:
             message["tool_calls"] = calls
         choices.append({**choice, "delta": message})

@@ -3,18 +3,21 @@
 Hypothesis builds valid-ish Messages requests and then breaks them (wrong types, missing fields,
 huge or negative ``max_tokens``, bad roles, unknown block types, deep nesting, non-JSON bodies,
 wrong Content-Type, unicode junk) and sends them with httpx to the real app on Waitress over a
-ScriptedBackend. Each fuzz test sends ``PENSIEVE_FUZZ_EXAMPLES`` requests (default 260; four
-tests, so over 1,000 in CI). The committed OpenAPI description is checked for validity and for
-covering every Flask route, and, when schemathesis is installed, the server is tested against it.
+ScriptedBackend that encodes prompts as UTF-8, as the real engines do. Each fuzz test sends
+``PENSIEVE_FUZZ_EXAMPLES`` requests (default 260; four tests, so over 1,000 in CI); the hostile-text
+test (lone surrogates, NULs, noncharacters, very long strings in every field; issue 22) sends
+``PENSIEVE_HOSTILE_EXAMPLES`` (default 1,000) to each endpoint. The committed OpenAPI description is
+checked for validity and for covering every Flask route, and the server is tested against it (schemathesis).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -52,7 +55,7 @@ SERVED_MODELS = ("scripted", "claude-sonnet-4-5-20250929", "claude-3-5-haiku-lat
 @pytest.fixture
 def fuzz_server() -> Iterator[RunningServer]:
     """A fresh server per test, inside the per-test isolated HOME (conftest)."""
-    with running_server({"scripted": ScriptedBackend()}, queue_size=64) as server:
+    with running_server({"scripted": Utf8ScriptedBackend()}, queue_size=64) as server:
         yield server
 
 
@@ -71,78 +74,116 @@ def assert_still_serving(server: RunningServer) -> None:
 
 junk_text = st.text(max_size=40)  # any code point but lone surrogates: controls, RTL marks, emoji, NULs
 names = st.text(min_size=1, max_size=16)
-json_leaves = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | junk_text
-)
-json_values = st.recursive(
-    json_leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=16,
-)
-json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
 
-text_block = st.fixed_dictionaries(
-    {"type": st.just("text"), "text": junk_text},
-    optional={"cache_control": st.just({"type": "ephemeral"})},
-)
-tool_use_block = st.fixed_dictionaries(
-    {"type": st.just("tool_use"), "id": names, "name": names, "input": json_objects}
-)
-tool_result_block = st.fixed_dictionaries(
-    {"type": st.just("tool_result"), "tool_use_id": names},
-    optional={"content": junk_text | st.lists(text_block, max_size=2), "is_error": st.booleans()},
-)
-thinking_block = st.fixed_dictionaries(
-    {"type": st.just("thinking"), "thinking": junk_text}, optional={"signature": junk_text}
-)
-redacted_block = st.fixed_dictionaries({"type": st.just("redacted_thinking"), "data": junk_text})
-passthrough_block = st.fixed_dictionaries({"type": st.sampled_from(PASSTHROUGH_BLOCKS)}, optional={"x": json_values})
-content_block = text_block | tool_use_block | tool_result_block | thinking_block | redacted_block | passthrough_block
 
-chat_message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant"]), "content": junk_text | st.lists(content_block, max_size=3)}
-)
-system_message = st.fixed_dictionaries(
-    {"role": st.just("system"), "content": junk_text | st.lists(text_block, max_size=2)}
-)
-custom_tool = st.fixed_dictionaries(
-    {"name": names, "input_schema": st.just({"type": "object", "properties": {"path": {"type": "string"}}})
-     | json_objects},
-    optional={"description": junk_text, "type": st.just("custom")},
-)
-server_tool = st.fixed_dictionaries(
-    {"type": st.sampled_from(["web_search_20250305", "code_execution_20250522", "bash_20250124"]), "name": names}
-)
-tool_choice = st.fixed_dictionaries(
-    {"type": st.sampled_from(["auto", "any", "none"])}, optional={"disable_parallel_tool_use": st.booleans()}
-) | st.fixed_dictionaries({"type": st.just("tool"), "name": names})
-thinking_config = (
-    st.just({"type": "disabled"}) | st.just({"type": "adaptive"})
-    | st.fixed_dictionaries({"type": st.just("enabled"), "budget_tokens": st.integers(1, 100_000)})
-)
-unit_interval = st.floats(0.0, 1.0)
+def request_strategies(text: st.SearchStrategy[str], name: st.SearchStrategy[str], key: st.SearchStrategy[str],
+                       model: st.SearchStrategy[str], items: int = 4) -> SimpleNamespace:
+    """Messages requests of every shape: ``text`` in every free-text field, ``name`` in every id, name and
+    stop sequence, ``key`` as every free-form object key (tool input, schemas, metadata-like objects).
+    ``items`` bounds every list and object (smaller is quicker to generate)."""
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text
+    values = st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=items) | st.dictionaries(key, inner, max_size=items),
+        max_leaves=4 * items,
+    )
+    objects = st.dictionaries(key, values, max_size=items)
+    text_block = st.fixed_dictionaries(
+        {"type": st.just("text"), "text": text},
+        optional={"cache_control": st.just({"type": "ephemeral"})},
+    )
+    tool_use_block = st.fixed_dictionaries(
+        {"type": st.just("tool_use"), "id": name, "name": name, "input": objects}
+    )
+    tool_result_block = st.fixed_dictionaries(
+        {"type": st.just("tool_result"), "tool_use_id": name},
+        optional={"content": text | st.lists(text_block, max_size=2), "is_error": st.booleans()},
+    )
+    thinking_block = st.fixed_dictionaries(
+        {"type": st.just("thinking"), "thinking": text}, optional={"signature": text}
+    )
+    redacted_block = st.fixed_dictionaries({"type": st.just("redacted_thinking"), "data": text})
+    passthrough_block = st.fixed_dictionaries({"type": st.sampled_from(PASSTHROUGH_BLOCKS)}, optional={"x": values})
+    content_block = text_block | tool_use_block | tool_result_block | thinking_block | redacted_block | passthrough_block
 
-valid_requests = st.fixed_dictionaries(
-    {
-        "model": st.sampled_from(SERVED_MODELS),
-        "max_tokens": st.integers(1, 64),
-        "messages": st.lists(chat_message | system_message, min_size=1, max_size=4),
-    },
-    optional={
-        "system": junk_text | st.lists(text_block, max_size=2),
-        "tools": st.lists(custom_tool | server_tool, max_size=3, unique_by=lambda tool: tool["name"]),
-        "tool_choice": tool_choice,
-        "stop_sequences": st.lists(st.text(min_size=1, max_size=4), max_size=3),
-        "stream": st.booleans(),
-        "metadata": st.fixed_dictionaries({}, optional={"user_id": junk_text}),
-        "thinking": thinking_config,
-        "temperature": unit_interval,
-        "top_p": unit_interval,
-        "top_k": st.integers(0, 500),
-        "output_config": json_objects,
-        "context_management": json_objects,
-        "service_tier": st.sampled_from(["auto", "standard_only"]),
-    },
-)
+    chat_message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant"]), "content": text | st.lists(content_block, max_size=items - 1)}
+    )
+    system_message = st.fixed_dictionaries(
+        {"role": st.just("system"), "content": text | st.lists(text_block, max_size=2)}
+    )
+    property_schema = st.fixed_dictionaries(
+        {"type": st.just("string")}, optional={"description": text, "enum": st.lists(text, max_size=2)}
+    )
+    input_schema = (
+        st.just({"type": "object", "properties": {"path": {"type": "string"}}})
+        | st.fixed_dictionaries({"type": st.just("object"),
+                                 "properties": st.dictionaries(key, property_schema, max_size=3)})
+        | objects
+    )
+    custom_tool = st.fixed_dictionaries(
+        {"name": name, "input_schema": input_schema},
+        optional={"description": text, "type": st.just("custom")},
+    )
+    server_tool = st.fixed_dictionaries(
+        {"type": st.sampled_from(["web_search_20250305", "code_execution_20250522", "bash_20250124"]), "name": name}
+    )
+    tool_choice = st.fixed_dictionaries(
+        {"type": st.sampled_from(["auto", "any", "none"])}, optional={"disable_parallel_tool_use": st.booleans()}
+    ) | st.fixed_dictionaries({"type": st.just("tool"), "name": name})
+    thinking_config = (
+        st.just({"type": "disabled"}) | st.just({"type": "adaptive"})
+        | st.fixed_dictionaries({"type": st.just("enabled"), "budget_tokens": st.integers(1, 100_000)})
+    )
+    unit_interval = st.floats(0.0, 1.0)
+    requests = st.fixed_dictionaries(
+        {
+            "model": model,
+            "max_tokens": st.integers(1, 64),
+            "messages": st.lists(chat_message | system_message, min_size=1, max_size=items),
+        },
+        optional={
+            "system": text | st.lists(text_block, max_size=2),
+            "tools": st.lists(custom_tool | server_tool, max_size=3, unique_by=lambda tool: tool["name"]),
+            "tool_choice": tool_choice,
+            "stop_sequences": st.lists(name, max_size=3),
+            "stream": st.booleans(),
+            "metadata": st.fixed_dictionaries({}, optional={"user_id": text}),
+            "thinking": thinking_config,
+            "temperature": unit_interval,
+            "top_p": unit_interval,
+            "top_k": st.integers(0, 500),
+            "output_config": objects,
+            "context_management": objects,
+            "service_tier": st.sampled_from(["auto", "standard_only"]),
+        },
+    )
+    return SimpleNamespace(leaves=leaves, values=values, objects=objects, requests=requests.map(answer_tool_results))
+
+
+def answer_tool_results(body: dict[str, Any]) -> dict[str, Any]:
+    """Give every generated ``tool_result`` the assistant ``tool_use`` it answers, just before its turn, as
+    the API requires (an orphan is a 400 by design; the fuzzers want well-formed conversations)."""
+    messages: list[dict[str, Any]] = []
+    for message in body["messages"]:
+        content = message["content"]
+        ids = [block["tool_use_id"] for block in content if block.get("type") == "tool_result"] \
+            if isinstance(content, list) else []
+        if ids:
+            calls = [{"type": "tool_use", "id": tool_id, "name": "look", "input": {}} for tool_id in ids]
+            previous = messages[-1] if messages else None
+            if previous is not None and previous["role"] == "assistant":
+                before = previous["content"]
+                before = [{"type": "text", "text": before}] if isinstance(before, str) else before
+                messages[-1] = {**previous, "content": [*before, *calls]}
+            else:
+                messages.append({"role": "assistant", "content": calls})
+        messages.append(message)
+    return {**body, "messages": messages}
+
+
+_valid = request_strategies(junk_text, names, st.text(max_size=8), st.sampled_from(SERVED_MODELS))
+json_leaves, json_values, json_objects = _valid.leaves, _valid.values, _valid.objects
+valid_requests = _valid.requests
 
 MESSAGE_KEYS = ("model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences", "stream",
                 "metadata", "thinking", "temperature", "top_p", "top_k", "container", "mcp_servers")
@@ -314,22 +355,6 @@ def test_fuzz_methods_paths_and_headers(fuzz_server: RunningServer) -> None:
     assert_still_serving(fuzz_server)
 
 
-def test_surrogate_escapes_and_odd_unicode_are_handled(fuzz_server: RunningServer) -> None:
-    """JSON escapes for lone surrogates, NULs and BOMs in text and stop sequences (not the model name: see below)."""
-    odd = ["\ud800", "\udfff", "\x00", "\ufeff", "\u202e", "\U0001f600", "a\u0301", "\uffff"]
-    with fuzz_server.client(timeout=30) as http:
-        for text in odd:
-            for stream in (False, True):
-                body = {**GOOD, "stream": stream, "system": text, "stop_sequences": [text],
-                        "messages": [{"role": "user", "content": text}],
-                        "metadata": {"user_id": text}}
-                response = http.post("/v1/messages", content=json.dumps(body).encode(),
-                                     headers={"content-type": "application/json"})
-                assert response.status_code == 200, response.text
-                assert_stream(response.text) if stream else assert_message(response.json())
-    assert_still_serving(fuzz_server)
-
-
 def test_deeply_nested_json_is_a_400(fuzz_server: RunningServer) -> None:
     """100,000 nested arrays must be refused as bad input, not crash the decoder into a 500."""
     with fuzz_server.client(timeout=30) as http:
@@ -339,17 +364,275 @@ def test_deeply_nested_json_is_a_400(fuzz_server: RunningServer) -> None:
             assert_anthropic_error(response, 400, "invalid_request_error")
 
 
-def test_lone_surrogate_in_model_name_streams(fuzz_server: RunningServer) -> None:
-    """The model name is echoed back; a streamed echo must stay valid JSON, as the non-streamed one does."""
-    body = {**GOOD, "model": "claude-sonnet-\ud800", "stream": True}
-    with fuzz_server.client(timeout=30) as http:
-        plain = http.post("/v1/messages", content=json.dumps({**body, "stream": False}).encode(),
-                          headers={"content-type": "application/json"})
-        assert plain.status_code == 200
-        streamed = http.post("/v1/messages", content=json.dumps(body).encode(),
-                             headers={"content-type": "application/json"})
-        assert streamed.status_code == 200, streamed.text
-        assert_stream(streamed.text)
+# -- text that is not valid Unicode, NULs, noncharacters, very long strings (issue 22) --------------
+
+HOSTILE_EXAMPLES = env_int("PENSIEVE_HOSTILE_EXAMPLES", 1000)
+NONCHARACTERS = ("\ufdd0", "\ufdef", "\ufffe", "\uffff", "\U0001fffe", "\U0010ffff")
+SURROGATE = re.compile("[\ud800-\udfff]")
+odd_characters = st.sampled_from(["\x00", *NONCHARACTERS]) | st.characters()  # valid Unicode, however odd
+lone_surrogates = st.characters(categories=["Cs"])
+
+
+def long_text(characters: list[str]) -> st.SearchStrategy[str]:
+    return st.tuples(st.sampled_from(characters), st.sampled_from([4_096, 20_000, 100_000])).map(
+        lambda pair: pair[0] * pair[1])
+
+
+odd_text = (
+    st.text(odd_characters, max_size=12)
+    | st.text(st.sampled_from(["\x00", *NONCHARACTERS, "a"]), max_size=8)
+    | long_text(["a", "\x00", "\uffff", "\U0001f600", "é"])
+)
+broken_text = (  # a lone surrogate in about half of the strings
+    odd_text
+    | st.text(odd_characters | lone_surrogates, min_size=1, max_size=12)
+    | st.tuples(junk_text, lone_surrogates, junk_text).map("".join)
+    | long_text(["\ud800", "\udfff"])
+)
+
+
+def _hostile(text: st.SearchStrategy[str], key_characters: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    name = text.filter(bool)
+    served = st.sampled_from(SERVED_MODELS)
+    return request_strategies(text, name, st.text(key_characters, max_size=8), served | served | name,
+                              items=3).requests
+
+
+# Half the bodies hold only valid (odd) Unicode and must be answered; half carry lone surrogates somewhere.
+hostile_requests = _hostile(odd_text, odd_characters) | _hostile(broken_text, odd_characters | lone_surrogates)
+
+
+class Utf8ScriptedBackend(ScriptedBackend):
+    """Encodes every prompt as UTF-8 first, as llama.cpp and MLX do, so invalid Unicode breaks here as it would there."""
+
+    def tokenize(self, text: str) -> list[int]:
+        text.encode("utf-8")
+        return super().tokenize(text)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Every log record with a traceback or at ERROR and above, from any logger (waitress's too)."""
+    records: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info or record.levelno >= logging.ERROR:
+                records.append(record)
+
+    handler, root = Catch(logging.DEBUG), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+
+
+def assert_no_tracebacks(records: list[logging.LogRecord], capfd: pytest.CaptureFixture[str]) -> None:
+    shown = [f"{record.name}: {record.getMessage()}" for record in records]
+    assert not records, shown[:5]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err[-3000:]
+
+
+def surrogate_fields(body: dict[str, Any]) -> set[str]:
+    """The top-level fields whose value (or an object key inside it) holds a lone surrogate."""
+
+    def holds(value: Any) -> bool:
+        if isinstance(value, str):
+            return SURROGATE.search(value) is not None
+        if isinstance(value, dict):
+            return any(holds(key) or holds(item) for key, item in value.items())
+        return isinstance(value, list) and any(holds(item) for item in value)
+
+    return {field for field, value in body.items() if holds(value)}
+
+
+def encoded(body: dict[str, Any], escaped: bool) -> bytes:
+    """JSON as a client writes it: lone surrogates as ``\\ud800`` escapes, or as raw (invalid) UTF-8 bytes."""
+    if escaped:
+        return json.dumps(body).encode()
+    return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def check_hostile_answer(response: httpx.Response, body: dict[str, Any], path: str) -> str:
+    """Never a 5xx; a lone surrogate is a 400 naming a field that holds one; NULs and noncharacters pass.
+
+    Returns what happened: "refused" (invalid Unicode), "answered" (2xx) or "other" (another 4xx).
+    """
+    assert_valid_answer(response)
+    fields = surrogate_fields(body)
+    if fields:
+        error = assert_anthropic_error(response, 400, "invalid_request_error")["error"]["message"]
+        end = error.find(": The request body is not valid JSON: ")
+        assert end > 0 and "surrogate in string" in error, error
+        loc = error[:end]
+        assert loc.split(".")[0] in fields, (error, fields)
+        assert not SURROGATE.search(error)
+        return "refused"
+    if response.status_code >= 400:
+        message = response.json()["error"]["message"]
+        assert "surrogate" not in message and "not valid JSON" not in message, message
+        assert body["model"] not in SERVED_MODELS or "prompt is too long" in message, message
+        assert response.status_code in (400, 404), message
+        return "other"
+    if path.endswith("count_tokens"):
+        assert isinstance(response.json()["input_tokens"], int)
+    elif body.get("stream"):
+        assert assert_stream(response.text)[-1][0] == "message_stop"
+    else:
+        assert_message(response.json())
+    return "answered"
+
+
+@pytest.fixture
+def utf8_server() -> Iterator[RunningServer]:
+    backend = Utf8ScriptedBackend(context_length=4_000_000, default_reply="ok")  # room for many 100k strings
+    with running_server({"scripted": backend}, queue_size=64) as server:
+        yield server
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_fuzz_hostile_text_in_every_field(utf8_server: RunningServer, server_log: list[logging.LogRecord],
+                                          capfd: pytest.CaptureFixture[str], path: str) -> None:
+    """Issue 22's done-when: >= 1,000 bodies per endpoint with lone surrogates (escaped or raw), NULs,
+    noncharacters and very long strings anywhere; 0 answers of 5xx, 0 tracebacks, the server still up."""
+    outcomes: dict[str, int] = {"refused": 0, "answered": 0, "other": 0}
+    with utf8_server.client(timeout=60) as http:
+
+        @settings(FUZZ, max_examples=HOSTILE_EXAMPLES)
+        @given(body=hostile_requests, escaped=st.booleans())
+        def check(body: dict[str, Any], escaped: bool) -> None:
+            response = http.post(path, content=encoded(body, escaped), headers={"content-type": "application/json"})
+            outcomes[check_hostile_answer(response, body, path)] += 1
+
+        check()
+    assert sum(outcomes.values()) >= HOSTILE_EXAMPLES, outcomes
+    assert outcomes["refused"] >= HOSTILE_EXAMPLES // 10 and outcomes["answered"] >= HOSTILE_EXAMPLES // 10, outcomes
+    assert_still_serving(utf8_server)
+    assert_no_tracebacks(server_log, capfd)
+
+
+ISSUE_BODIES = (  # the two bodies of issue 22, byte for byte
+    (b'{"model": "claude-sonnet-4-5", "max_tokens": 4, "messages": [{"role": "user", "content": "\\ud800"}]}',
+     "messages.0.content"),
+    (b'{"model": "claude-sonnet-4-5", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], '
+     b'"system": "\\ud800"}', "system"),
+)
+
+
+@pytest.mark.parametrize(("raw", "field"), ISSUE_BODIES)
+def test_issue_bodies_are_refused_naming_the_field(utf8_server: RunningServer, server_log: list[logging.LogRecord],
+                                                   capfd: pytest.CaptureFixture[str], raw: bytes, field: str) -> None:
+    """As the real API: 400 invalid_request_error, "not valid JSON: no low surrogate in string", for both routes."""
+    with utf8_server.client(timeout=30) as http:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            for stream in (b"", b', "stream": true'):
+                body = raw[:-1] + stream + b"}"
+                response = http.post(path, content=body, headers={"content-type": "application/json"})
+                message = assert_anthropic_error(response, 400, "invalid_request_error")["error"]["message"]
+                assert message.startswith(f"{field}: The request body is not valid JSON: no low surrogate in string")
+    assert_no_tracebacks(server_log, capfd)
+
+
+EVERY_FIELD = {  # one string of the same text in every string field a request can carry
+    "model": "claude-sonnet-4-5-{}",
+    "system": [{"type": "text", "text": "{}"}],
+    "messages": [
+        {"role": "system", "content": "{}"},
+        {"role": "user", "content": [{"type": "text", "text": "{}"}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "{}", "signature": "{}"},
+                                          {"type": "tool_use", "id": "toolu_{}", "name": "look_{}",
+                                           "input": {"{}": ["{}", {"deep": {"deeper": "{}"}}]}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_{}",
+                                      "content": [{"type": "text", "text": "{}"}]}]},
+    ],
+    "tools": [{"name": "look_{}", "description": "{}", "input_schema": {
+        "type": "object", "properties": {"{}": {"type": "string", "description": "{}", "enum": ["{}"]}}}}],
+    "tool_choice": {"type": "tool", "name": "look_{}"},
+    "metadata": {"user_id": "{}"},
+    "stop_sequences": ["{}"],
+}
+
+
+def every_field(text: str) -> dict[str, Any]:
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{}", text)
+        if isinstance(value, dict):
+            return {fill(key): fill(item) for key, item in value.items()}
+        return [fill(item) for item in value] if isinstance(value, list) else value
+
+    return {**fill(EVERY_FIELD), "max_tokens": 4}
+
+
+def locations(value: Any, loc: str = "") -> Iterator[str]:
+    """The dotted location of every string (and object key) in ``value``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{loc}.{key}" if loc else key
+            yield where
+            yield from locations(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from locations(item, f"{loc}.{index}" if loc else str(index))
+    elif isinstance(value, str):
+        yield loc
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+def test_a_lone_surrogate_in_any_string_is_a_400_naming_it(utf8_server: RunningServer, path: str) -> None:
+    """Each string of a full request in turn holds the only lone surrogate: the error names exactly that place."""
+    clean = every_field("x")
+    places = sorted(set(locations(clean)) - {"max_tokens"})
+    assert len(places) > 30
+    with utf8_server.client(timeout=30) as http:
+        for place in places:
+            body = json.loads(json.dumps(clean))
+            *parents, last = place.split(".")
+            node: Any = body
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            key: Any = int(last) if isinstance(node, list) else last
+            if isinstance(node, dict) and not isinstance(node[key], str):  # an object key: break the key itself
+                node["\udc00" + key] = node.pop(key)
+                expected = ".".join([*parents, "\\udc00" + key])
+            else:
+                node[key] = node[key] + "\ud83d"
+                expected = place
+            response = http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+            message = assert_anthropic_error(response, 400, "invalid_request_error")["error"]["message"]
+            assert message.startswith(expected + ": The request body is not valid JSON: "), (place, message)
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\x00b", "\uffff\ufffe\ufdd0", "\U0010ffff\U0001fffe", "\ufeff\u202e",
+                                  "\U0001f600", "x" * 100_000, "\x00" * 20_000],
+                         ids=["nul", "nul-inside", "noncharacters", "plane-ends", "bom-bidi", "emoji", "long", "long-nul"])
+def test_nul_noncharacters_and_long_strings_in_every_field_work(utf8_server: RunningServer, text: str) -> None:
+    """Valid Unicode, however odd, is answered in full by both routes (streamed and not), never refused."""
+    body = every_field(text)
+    with utf8_server.client(timeout=60) as http:
+        counted = http.post("/v1/messages/count_tokens", json=body)
+        assert counted.status_code == 200, counted.text[:500]
+        assert counted.json()["input_tokens"] > len(text)
+        for stream in (False, True):
+            response = http.post("/v1/messages", json={**body, "stream": stream})
+            assert response.status_code == 200, response.text[:500]
+            assert_stream(response.text)[-1][0] == "message_stop" if stream else assert_message(response.json())
+    prompt = utf8_server.pool.loaded()[0].backend.prompts[-1]
+    assert prompt.count(text) >= 5  # system, messages, tool result, tool description …: it reached the model
+
+
+def test_nan_and_infinity_are_not_json(utf8_server: RunningServer) -> None:
+    """Python's json reads NaN; JSON has none, and a forwarded body with one could not be encoded again."""
+    with utf8_server.client(timeout=30) as http:
+        for constant in (b"NaN", b"Infinity", b"-Infinity"):
+            raw = b'{"model": "scripted", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], ' \
+                  b'"output_config": {"x": ' + constant + b'}}'
+            for path in ("/v1/messages", "/v1/messages/count_tokens"):
+                response = http.post(path, content=raw, headers={"content-type": "application/json"})
+                message = assert_anthropic_error(response, 400, "invalid_request_error")["error"]["message"]
+                assert "not valid JSON" in message and constant.decode().lstrip("-") in message
 
 
 # -- the OpenAPI description ----------------------------------------------------------------------
@@ -475,7 +758,7 @@ def test_schemathesis_conformance(fuzz_server: RunningServer) -> None:
               response_headers_conformance, response_schema_conformance]
     schema = schemathesis.openapi.from_url(fuzz_server.base_url + "/openapi.json")
     headers = {"x-api-key": fuzz_server.token, "Authorization": f"Bearer {fuzz_server.token}"}
-    started, statuses = time.monotonic(), set()
+    statuses: set[int] = set()
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in ("positive", "negative"):
@@ -500,5 +783,4 @@ def test_schemathesis_conformance(fuzz_server: RunningServer) -> None:
             except Unsatisfiable:
                 assert mode == "negative"  # nothing to break in an operation without inputs
     assert 200 in statuses and statuses <= {200} | CLIENT_ERROR_STATUSES, statuses
-    assert time.monotonic() - started < 120
     assert_still_serving(fuzz_server)
