@@ -210,6 +210,7 @@ def test_contender_registry_and_cli_contract() -> None:
     assert {"cpu", "logical_cores", "ram_bytes", "os", "python", "versions", "git"} <= set(info)
 
 
+@pytest.mark.slow
 def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
     import mlx.core as mx
 
@@ -223,6 +224,7 @@ def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
         assert contenders.resolve_mlx_folder(tmp_path)[0] == folder  # made once, then reused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["llamacpp", "mlx"])
 def test_raw_engine_worker_completes_and_batches_on_the_real_model(engine: str, tmp_path: Path) -> None:
     """The raw-engine worker's protocol: ready, one timed completion, one batched decode of two prompts."""

@@ -17,7 +17,6 @@ import pytest
 from tests.raw_reference import assert_greedy_path, raw_llamacpp
 from tests.serverutil import RunningServer, embedded_llamacpp_server
 
-pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 SYSTEM = "You are a helpful assistant."
 # The prompt the server renders for SYSTEM and QUESTION with the model's own chat template.

@@ -117,6 +117,7 @@ def test_tokenizer_config_carries_the_chat_template(converted: Path):
     assert config["add_bos_token"] is False
 
 
+@pytest.mark.slow
 def test_mlx_lm_loads_the_folder_and_answers_as_llama_cpp_does(converted: Path):
     """mlx-lm's greedy answer on the converted folder is one llama.cpp gives on the GGUF, token by token
     up to the engines' rounding: the two are one model (a wrong name, shape, RoPE or norm is far off)."""
