@@ -206,7 +206,7 @@ def _assistant_message(content: Any, native: bool, names: dict[str, str]) -> dic
                               "function": {"name": block.get("name", ""), "arguments": block.get("input") or {}}})
             else:
                 parts.append(tool_call_text(block.get("name", ""), block.get("input") or {}))
-    if not parts and not calls:
+    if not parts and not calls and not reasoning:
         return None
     message: dict[str, Any] = {"role": "assistant", "content": "\n".join(parts)}
     if calls:
