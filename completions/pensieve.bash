@@ -21,15 +21,16 @@ __pensieve_models() {
 
 __pensieve_subcommands() {  # the subcommands of command $1
     case "$1" in
-        '') echo "setup serve start stop restart status logs doctor models config claude-env completions" ;;
+        '') echo "setup serve start stop restart status logs doctor models config claude-env cache completions" ;;
         'models') echo "list info rm default import map pull" ;;
         'config') echo "path get set unset list" ;;
+        'cache') echo "info list clear" ;;
     esac
 }
 
 __pensieve_is_subcommand() {  # is $2 a subcommand of command $1?
     case "$1|$2" in
-        '|setup'|'|serve'|'|start'|'|stop'|'|restart'|'|status'|'|logs'|'|doctor'|'|models'|'|config'|'|claude-env'|'|completions'|'models|list'|'models|info'|'models|rm'|'models|default'|'models|import'|'models|map'|'models|pull'|'config|path'|'config|get'|'config|set'|'config|unset'|'config|list') return 0 ;;
+        '|setup'|'|serve'|'|start'|'|stop'|'|restart'|'|status'|'|logs'|'|doctor'|'|models'|'|config'|'|claude-env'|'|cache'|'|completions'|'models|list'|'models|info'|'models|rm'|'models|default'|'models|import'|'models|map'|'models|pull'|'config|path'|'config|get'|'config|set'|'config|unset'|'config|list'|'cache|info'|'cache|list'|'cache|clear') return 0 ;;
     esac
     return 1
 }
@@ -60,6 +61,10 @@ __pensieve_options() {  # the options of command $1
         'config unset') echo "-h --help -v --verbose -q --quiet" ;;
         'config list') echo "-h --help --json -v --verbose -q --quiet" ;;
         'claude-env') echo "-h --help --shell --json --port -v --verbose -q --quiet" ;;
+        'cache') echo "-h --help -v --verbose -q --quiet" ;;
+        'cache info') echo "-h --help --json -v --verbose -q --quiet" ;;
+        'cache list') echo "-h --help --json -v --verbose -q --quiet" ;;
+        'cache clear') echo "-h --help --json -v --verbose -q --quiet" ;;
         'completions') echo "-h --help --write -v --verbose -q --quiet" ;;
     esac
 }
@@ -94,10 +99,10 @@ __pensieve_value() {
         'models map|#1') __pensieve_reply "opus sonnet haiku" "$cur" ;;
         'models map|#2') __pensieve_reply "$(__pensieve_models)" "$cur" ;;
         'models pull|#1') __pensieve_reply "qwen2.5-coder-1.5b qwen2.5-coder-7b qwen2.5-coder-14b qwen3-4b qwen3-8b qwen3-30b-a3b phi-3-mini" "$cur" ;;
-        'config get|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
-        'config set|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
+        'config get|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes disk_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
+        'config set|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes disk_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
         'config set|#2') case "${4:-}" in 'default_model'|'tiers.opus'|'tiers.sonnet'|'tiers.haiku') __pensieve_reply "$(__pensieve_models)" "$cur" ;; 'engine') __pensieve_reply "auto mlx llamacpp upstream" "$cur" ;; 'context_policy') __pensieve_reply "auto fit strict" "$cur" ;; 'log_level') __pensieve_reply "debug info warning error" "$cur" ;; 'upstream_api') __pensieve_reply "openai anthropic" "$cur" ;; *) COMPREPLY=() ;; esac ;;
-        'config unset|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
+        'config unset|#1') __pensieve_reply "host port auth_token default_model engine tiers.opus tiers.sonnet tiers.haiku temperature repeat_penalty context_policy context_length max_body_bytes max_messages max_tools queue_size parallel threads compute_threads prefix_cache_bytes disk_cache_bytes ping_interval allowed_origins log_level upstream_url upstream_api_key upstream_model upstream_api upstream_context_length upstream_timeout" "$cur" ;;
         'completions|--write') __pensieve_files -d "$cur" ;;
         'completions|#1') __pensieve_reply "bash zsh fish" "$cur" ;;
         *'|#'*) __pensieve_reply "$(__pensieve_options "$1")" "$cur" ;;  # no positional here: the options

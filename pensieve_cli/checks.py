@@ -329,6 +329,30 @@ def check_resources(ctx: Context) -> Check:
     return Check("resources", OK, detail, data=data)
 
 
+def check_disk_cache(ctx: Context) -> Check:
+    """The prefix states kept on disk across restarts: size, limit, and (server running) how often they served."""
+    from pensieve_cli.commands.daemon import disk_cache_summary, fetch_metrics, parse_metrics
+    from pensieve_server.engine.disk_states import folder_usage, resolve_disk_bytes
+
+    if skip := forwarding(ctx, "disk cache"):
+        return skip
+    folder = ctx.settings.paths.prefix_states_dir
+    limit = resolve_disk_bytes(ctx.settings.disk_cache_bytes, folder)
+    used, files = folder_usage(folder)
+    data: dict[str, Any] = {"folder": str(folder), "bytes": used, "files": files, "limit_bytes": limit}
+    if limit <= 0:
+        return Check("disk cache", OK, f"off (disk_cache_bytes = 0); {files} prefix states in {folder}", data=data)
+    detail = (f"{format_size(used, precise=False)} of {format_size(limit, precise=False)} in {files} "
+              f"prefix states ({folder})")
+    metrics_text = fetch_metrics(ctx.settings.base_url, ctx.settings.auth_token) \
+        if ctx.health is not None and ctx.settings.auth_token else None
+    if metrics_text is not None:
+        summary = disk_cache_summary(parse_metrics(metrics_text))
+        data.update(hits=summary["hits"], hit_rate=summary["hit_rate"])
+        detail += f"; {summary['hits']} restored since start ({summary['hit_rate']:.0%} of cold prompts)"
+    return Check("disk cache", OK, detail, data=data)
+
+
 # -- the server --------------------------------------------------------------------------------------
 
 def check_server(ctx: Context) -> Check:
@@ -519,5 +543,5 @@ def check_claude_cli(ctx: Context) -> Check:
 
 
 LOCAL_CHECKS = (check_python, check_mlx, check_engine, check_gpu, check_model, check_server, check_model_loads,
-                check_resources, check_claude_json, check_settings_json, check_token, check_api_timeout,
-                check_shell_env, check_claude_cli)
+                check_resources, check_disk_cache, check_claude_json, check_settings_json, check_token,
+                check_api_timeout, check_shell_env, check_claude_cli)

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "models",
     "config",
     "claude_env",
+    "cache",
     "completions",
 )
 

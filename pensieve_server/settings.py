@@ -59,6 +59,11 @@ class Paths:
         return self.data_dir / "backups"
 
     @property
+    def prefix_states_dir(self) -> Path:
+        """Saved prefix (KV) states, so a restart does not prefill long prompts again."""
+        return self.cache_dir / "prefix-states"
+
+    @property
     def pid_file(self) -> Path:
         return self.run_dir / "server.json"
 
@@ -120,6 +125,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
     Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core)"),
     Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),
+    Option("disk_cache_bytes", int, -1, "disk the saved prefix (KV) states may use across restarts "
+           "(-1: 10% of free disk, ≤ 10 GiB; 0: off)"),
     Option("ping_interval", float, 10.0, "seconds between SSE pings while the prompt is processed"),
     Option("allowed_origins", str, "", "comma-separated browser Origins allowed to call the API"),
     Option("log_level", str, "info", "server log level", ("debug", "info", "warning", "error")),
@@ -201,6 +208,7 @@ class Settings:
     parallel: int = 1
     threads: int = 16
     prefix_cache_bytes: int = 0
+    disk_cache_bytes: int = -1
     compute_threads: int = 0
     ping_interval: float = 10.0
     allowed_origins: tuple[str, ...] = ()

@@ -198,6 +198,7 @@ def server_status(settings: Settings) -> dict[str, Any]:
                                        (metrics.get("pensieve_decode_tokens_per_second_sum", 0.0) / count
                                         if count else 0.0), 1)
         status["prefix_cache"] = prefix_cache_summary(metrics)
+        status["disk_cache"] = disk_cache_summary(metrics)
     status["memory_rss_bytes"] = rss
     return status
 
@@ -212,6 +213,19 @@ def prefix_cache_summary(metrics: dict[str, float]) -> dict[str, float]:
         "bytes": int(metrics.get("pensieve_prefix_cache_bytes", 0)),
         "hit_rate": round(hits / (hits + misses), 3) if hits + misses else 0.0,
         "reused_token_share": round(read / prompt, 3) if prompt else 0.0,
+    }
+
+
+def disk_cache_summary(metrics: dict[str, float]) -> dict[str, float]:
+    """Prefix states on disk: bytes, files and limit, and how often a cold prompt was restored from them."""
+    hits = metrics.get("pensieve_disk_cache_hits", 0.0)
+    misses = metrics.get("pensieve_disk_cache_misses", 0.0)
+    return {
+        "bytes": int(metrics.get("pensieve_disk_cache_bytes", 0)),
+        "files": int(metrics.get("pensieve_disk_cache_files", 0)),
+        "limit_bytes": int(metrics.get("pensieve_disk_cache_limit_bytes", 0)),
+        "hits": int(hits),
+        "hit_rate": round(hits / (hits + misses), 3) if hits + misses else 0.0,
     }
 
 
@@ -260,6 +274,10 @@ def run_status(args: argparse.Namespace) -> int:
     if cache:
         rows.append(("cache", f"{cache['bytes'] / 1024**2:.0f} MB of prefix KV; {cache['hit_rate']:.0%} of requests "
                               f"reused a prefix ({cache['reused_token_share']:.0%} of prompt tokens)"))
+    disk = status.get("disk_cache")
+    if disk:
+        rows.append(("disk", f"{disk['bytes'] / 1024**2:.0f} MB in {disk['files']} prefix states; "
+                             f"{disk['hits']} restored ({disk['hit_rate']:.0%} of cold prompts)"))
     if status.get("log"):
         rows.append(("log", status["log"]))
     for label, value in rows:

@@ -19,6 +19,7 @@ only turns saving off.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -47,9 +48,9 @@ FORMAT = 1
 SUFFIX = ".kvstate"
 TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
-# Only sequences at least this long are saved: below it a prefill takes seconds, not minutes.
-MIN_TOKENS = 1024
-# Save again only when a sequence adds this many tokens to the longest state already on disk.
+# Only sequences at least this long are saved (Claude Code's title request, ~400 tokens, is; a probe is not).
+MIN_TOKENS = 256
+# Save again only when a sequence adds this many tokens (or half its length) to the states on disk.
 SAVE_STEP = 1024
 # Restore from disk only when it saves this many tokens of prefill over what memory already has.
 MIN_GAIN = 256
@@ -232,10 +233,8 @@ class DiskStates:
             self._skip(entry.path, exc)
             self.misses += 1
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(entry.path)  # least recently used goes first: a restore counts as a use
-        except OSError:
-            pass
         self.hits += 1
         return payload
 
@@ -253,7 +252,7 @@ class DiskStates:
         with self._lock:
             entries = list(self._entries.values()) + [DiskEntry(Path(), t, 0) for t in self._queued.values()]
         covered = max((common_prefix(e.tokens, tokens) for e in entries), default=0)
-        return len(tokens) - covered >= self.save_step
+        return len(tokens) - covered >= min(self.save_step, len(tokens) // 2)
 
     def save(self, tokens: Sequence[int] | np.ndarray, payload: Callable[[], bytes]) -> None:
         """Write a state in the background; ``payload`` makes its bytes (on the writer thread) from a snapshot."""

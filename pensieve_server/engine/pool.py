@@ -106,6 +106,9 @@ class ModelPool:
                                self.settings.prefix_cache_bytes, self.settings.parallel,
                                self.settings.compute_threads)
         log.info("loaded %s on %s (%s) in %.1fs", name, engine, backend.device, time.perf_counter() - started)
+        from pensieve_server.engine.disk_states import attach_disk_states
+
+        attach_disk_states(backend, entry.weights, self.settings.paths.prefix_states_dir, self.settings.disk_cache_bytes)
         return LoadedModel(entry, engine, backend, make_scheduler(backend, self.settings.queue_size))
 
     def close(self) -> None:

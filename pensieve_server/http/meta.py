@@ -96,6 +96,10 @@ def metrics():
         "pensieve_resident_memory_bytes": resident_bytes(),
         "pensieve_uptime_seconds": round(time.time() - state.started_at, 3),
     }
+    from pensieve_server.engine.disk_states import disk_gauges
+
+    stores = [m.backend.disk for m in loaded if getattr(m.backend, "disk", None) is not None]
+    gauges.update(disk_gauges(stores, state.settings.paths.prefix_states_dir))
     return Response(state.metrics.render(gauges), mimetype="text/plain; version=0.0.4")
 
 
