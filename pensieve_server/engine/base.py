@@ -11,6 +11,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pensieve_server.engine.disk_states import DiskStates
 
 
 class EngineError(RuntimeError):
@@ -135,6 +140,8 @@ class Backend(ABC):
     name: str = "backend"
     device: str = "cpu"
     info: ModelInfo
+    disk: DiskStates | None = None
+    restored_from_disk: int = 0  # prompt tokens the last prompt started got from the disk store
 
     def check_prompt(self, prompt: Sequence[int]) -> None:
         """The errors every backend gives for a prompt it cannot start: empty, or as long as the context."""
@@ -165,6 +172,14 @@ class Backend(ABC):
     def cache_bytes(self) -> int:
         """Bytes held by the prefix/KV cache (for status and metrics)."""
         return 0
+
+    def disk_identity(self, weights: Path) -> dict[str, Any] | None:
+        """What a saved KV state depends on (model file, engine version, context, KV layout); None: no disk states."""
+        return None
+
+    def attach_disk(self, disk: DiskStates) -> None:
+        """Save long prefixes' states to ``disk`` and restore them from it (see engine/disk_states.py)."""
+        self.disk = disk
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Free the model."""

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,6 +214,7 @@ class LlamaCppBackend(Backend):
             raise
         finally:
             self._lib.llama_sampler_free(sampler)
+            self._offer_to_disk()
 
     def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int,
                 run: ConstrainedRun | None = None) -> Iterator[Step]:
@@ -297,6 +299,7 @@ class LlamaCppBackend(Backend):
             saved = self._states.take(index)
             self._restore(saved.tokens, saved.payload)
             shared = saved_shared
+        shared = self._restore_from_disk(prompt, shared)
         keep = min(shared, len(prompt) - 1)
         self._lib.llama_memory_seq_rm(self._memory(), 0, keep, -1)
         llama.n_tokens = keep
@@ -306,17 +309,63 @@ class LlamaCppBackend(Backend):
         return self._lib.llama_get_memory(self._llama.ctx)
 
     def _save_live(self) -> None:
-        llama, lib = self._llama, self._lib
+        llama = self._llama
         tokens = llama.input_ids[: llama.n_tokens].copy()
         if not len(tokens) or self._states.covers(tokens):
             return
-        size = lib.llama_state_seq_get_size(llama.ctx, 0)
-        if size > self._states.limit_bytes:
-            return
+        data = self._sequence_state(llama.ctx, 0, self._states.limit_bytes)
+        if data:
+            self._states.add(tokens, data, len(data))
+
+    def _sequence_state(self, ctx: Any, seq_id: int, limit: int | None = None) -> bytes:
+        """A copy of one sequence's KV state (b"" when larger than ``limit``)."""
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(ctx, seq_id)
+        if not size or (limit is not None and size > limit):
+            return b""
         buf = (ctypes.c_uint8 * size)()
-        written = lib.llama_state_seq_get_data(llama.ctx, buf, size, 0)
-        if written:
-            self._states.add(tokens, bytes(buf)[:written], written)
+        written = lib.llama_state_seq_get_data(ctx, buf, size, seq_id)
+        return bytes(memoryview(buf)[:written]) if written else b""
+
+    # -- prefix states on disk -----------------------------------------------------------------------
+    def disk_identity(self, weights: Path) -> dict[str, Any]:
+        from pensieve_server.engine.disk_states import file_identity
+
+        params = self._llama.context_params
+        kv = {name: int(getattr(params, name)) for name in ("type_k", "type_v", "flash_attn_type", "swa_full")
+              if hasattr(params, name)}
+        return {"engine": "llamacpp", "version": getattr(self._lib, "__version__", "?"),
+                "model": file_identity(weights), "n_ctx": self.info.context_length, "kv": kv,
+                "layout": type(self).__name__}
+
+    def _restore_from_disk(self, prompt: np.ndarray, shared: int) -> int:
+        """Restore the disk state sharing most of ``prompt`` when it beats ``shared``; the tokens now cached."""
+        disk = self.disk
+        self.restored_from_disk = 0
+        if disk is None:
+            return shared
+        entry, disk_shared = disk.restorable(prompt, shared)
+        payload = disk.read(entry) if entry is not None else None
+        if entry is None or payload is None:
+            return shared
+        try:
+            self._restore(entry.tokens.astype(np.intc), payload)
+        except EngineError:  # the live sequence is gone too: prefill the prompt from its start
+            disk.reject(entry, "llama.cpp did not accept its state")
+            return 0
+        self.restored_from_disk = disk_shared
+        log.info("restored a prefix state of %d tokens from disk", disk_shared)
+        return disk_shared
+
+    def _offer_to_disk(self) -> None:
+        """Hand the live sequence to the disk store when it is long and new enough (written in the background)."""
+        disk, llama = self.disk, self._llama
+        if disk is None or self._closed or not disk.wants(llama.input_ids[: llama.n_tokens]):
+            return
+        tokens = llama.input_ids[: llama.n_tokens].copy()
+        data = self._sequence_state(llama.ctx, 0)
+        if data:
+            disk.save(tokens, lambda: data)
 
     def _restore(self, tokens: np.ndarray, data: bytes) -> None:
         llama, lib = self._llama, self._lib
@@ -346,6 +395,8 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.disk is not None:
+                self.disk.close()
             self._states.clear()
             self._pieces.clear()
             self._llama.close()
