@@ -42,12 +42,14 @@ from pensieve_server.engine.base import (
     EngineError,
     ModelLoadError,
     Overloaded,
+    PrefixMatch,
     SamplingParams,
     TextDelta,
 )
 from pensieve_server.engine.pool import LoadedModel, ModelPool
 from pensieve_server.engine.scheduler import Job
 from pensieve_server.metrics import Metrics
+from pensieve_server.request_log import RequestLog
 from pensieve_server.settings import Settings
 from pensieve_server.upstream import ENGINE as UPSTREAM
 from pensieve_server.upstream import is_upstream
@@ -174,40 +176,64 @@ class MessagesService:
             raise ServerOverloaded(str(exc)) from None
 
     # -- running ----------------------------------------------------------------------------------
-    def events(self, prepared: Prepared, job: Job | UpstreamJob, ping_interval: float | None = None
-               ) -> Iterator[tuple[str, dict] | None]:
+    def events(self, prepared: Prepared, job: Job | UpstreamJob, ping_interval: float | None = None,
+               request_id: str = "") -> Iterator[tuple[str, dict] | None]:
         """Anthropic stream events for ``job``; None where a keepalive ping is due.
 
-        Raises ApiError for engine failures. Closing the iterator (client gone) cancels the job.
+        ``message_start`` goes out as soon as the engine knows how much of the prompt it reuses
+        (before prefill), so its usage carries the real input/cache split; pings may precede it
+        while the request waits for the model. Raises ApiError for engine failures. Closing the
+        iterator (client gone) cancels the job. Every request leaves one line in the request log.
         """
-        if isinstance(job, UpstreamJob):
-            assert self.upstream is not None and prepared.upstream is not None
-            yield from self.upstream.events(prepared.upstream, job, ping_interval)
-            return
+        record = RequestLog(request_id, prepared.request.model, prepared.model.entry.name, prepared.model.engine,
+                            len(prepared.prompt) if prepared.upstream is None else None, prepared.fit_actions)
+        try:
+            if isinstance(job, UpstreamJob):
+                assert self.upstream is not None and prepared.upstream is not None
+                yield from _forwarded(self.upstream.events(prepared.upstream, job, ping_interval), record)
+            else:
+                yield from self._local_events(prepared, job, ping_interval, record)
+        except ApiError as exc:
+            record.ended_early("failed", f"{exc.error_type}: {exc.message}")
+            raise
+        finally:
+            record.ended_early("cancelled", "the client went away")  # a no-op once the line is written
+
+    def _local_events(self, prepared: Prepared, job: Job, ping_interval: float | None, record: RequestLog
+                      ) -> Iterator[tuple[str, dict] | None]:
         request = prepared.request
         tools = request.tools if (request.tool_choice or {}).get("type") != "none" else []
-        assembler = MessageAssembler(
-            model=request.model,
-            input_tokens=len(prepared.prompt),
-            tools=tools,
-        )
+        assembler: MessageAssembler | None = None
         parser = OutputReader(tools, split=is_reasoning_template(prepared.model.info.chat_template),
                               show=thinking_requested(request.thinking), inside=prepared.opens_thinking)
+
+        def started(cached: int) -> MessageAssembler:
+            return MessageAssembler(model=request.model, input_tokens=len(prepared.prompt),
+                                    cache_read_input_tokens=cached, tools=tools)
+
         try:
-            yield from assembler.start()
             for event in job.iter_events(timeout=ping_interval):
                 if event is None:
                     yield None
+                elif isinstance(event, PrefixMatch):
+                    record.matched(event)
+                    if assembler is None:
+                        assembler = started(event.cached_tokens)
+                        yield from assembler.start()
                 elif isinstance(event, TextDelta):
+                    assembler = assembler or started(0)  # engines send a PrefixMatch first; never relied on
                     for piece in parser.feed(event.text):
                         yield from assembler.on_piece(piece)
                 elif isinstance(event, Completion):
+                    assembler = assembler or started(event.cached_tokens)
                     for piece in parser.finish():
                         yield from assembler.on_piece(piece)
                     event = _context_limited(event, prepared)
                     self._record(event)
+                    record.completed(event)
                     yield from assembler.finish(event)
-        except Cancelled:
+        except Cancelled as exc:
+            record.ended_early("cancelled", str(exc))
             return
         except EngineError as exc:
             raise InternalError(str(exc)) from None
@@ -222,6 +248,27 @@ class MessagesService:
             completion.timings.ttft_s,
             completion.decode_tokens_per_s,
         )
+
+
+def _forwarded(events: Iterator[tuple[str, dict] | None], record: RequestLog) -> Iterator[tuple[str, dict] | None]:
+    """The upstream's events, passed on unchanged; its final usage and stop reason go to the log."""
+    usage: dict[str, Any] = {}
+    stop_reason = None
+    try:
+        for item in events:
+            kind, data = item if item is not None else ("ping", {})
+            if kind == "message_start":
+                usage.update((data.get("message") or {}).get("usage") or {})
+            elif kind == "message_delta":
+                usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+                stop_reason = (data.get("delta") or {}).get("stop_reason")
+            elif kind == "message_stop":
+                record.forwarded(usage, stop_reason)
+            yield item
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # the upstream request ends with the client's
 
 
 def _context_limited(completion: Completion, prepared: Prepared) -> Completion:

@@ -11,8 +11,10 @@ the order the official SDKs' accumulators expect::
 response is by construction what a streaming client would have assembled.
 
 Usage follows the API's accounting: ``input_tokens`` counts only prompt tokens that were not read
-from the prefix cache, ``cache_read_input_tokens`` the ones that were (their sum is the prompt),
-and ``message_delta`` carries the final totals, which overwrite the estimates in ``message_start``.
+from the prefix cache, ``cache_read_input_tokens`` the ones that were (their sum is the prompt).
+``message_start`` already carries that split, as the API's does: the service sends it once the
+engine has matched the prompt against its cache, before prefill. ``message_delta`` repeats the
+final totals with the output tokens.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def _usage(input_tokens: int, cache_read: int, output_tokens: int) -> dict[str, 
 class MessageAssembler:
     """Builds the event sequence of one assistant message; every method returns the events it adds.
 
-    ``input_tokens`` is the whole prompt and ``cache_read_input_tokens`` the part of it expected to
-    come from the prefix cache; :meth:`finish` reports the exact split from the Completion.
+    ``input_tokens`` is the whole prompt and ``cache_read_input_tokens`` the part of it the engine
+    reuses from its prefix cache (known before prefill); :meth:`finish` reports the split again,
+    from the Completion.
     Text blocks open only at the first non-whitespace text, so no empty or blank text block is ever
     sent; a model that says nothing yields ``content: []`` as the API does. ``tools`` is accepted
     for callers' symmetry with the parser; the assembler does not need it.

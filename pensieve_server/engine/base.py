@@ -84,12 +84,27 @@ class Step:
     """One sampled token and the text it completes (may be "" while a UTF-8 sequence is partial).
 
     ``cached_tokens`` is set on the first step only: how many prompt tokens were reused from the
-    backend's prefix cache instead of being prefilled.
+    backend's prefix cache instead of being prefilled (``cached_from_disk`` of them restored from disk).
     """
 
     token: int
     text: str
     cached_tokens: int = 0
+    cached_from_disk: int = 0
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """How much of the prompt a backend reuses, known before prefill starts.
+
+    A backend's ``stream()`` yields it once before its first Step, and a batching backend returns it
+    from ``admit()``, so ``message_start`` can carry the real input/cache split before the prompt is
+    processed. ``cached_tokens`` counts every reused token; ``cached_from_disk`` the part of them a
+    saved state on disk supplied.
+    """
+
+    cached_tokens: int
+    cached_from_disk: int = 0
 
 
 @dataclass
@@ -113,6 +128,7 @@ class Completion:
     output_tokens: int
     cached_tokens: int = 0
     timings: Timings = field(default_factory=Timings)
+    cached_from_disk: int = 0  # the part of cached_tokens restored from disk
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -131,7 +147,7 @@ class TextDelta:
     text: str
 
 
-Event = TextDelta | Completion
+Event = PrefixMatch | TextDelta | Completion
 
 
 class Backend(ABC):
@@ -162,10 +178,13 @@ class Backend(ABC):
         """True for end-of-sequence / end-of-turn tokens."""
 
     @abstractmethod
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+               ) -> Iterator[Step | PrefixMatch]:
         """Sample tokens after ``prompt`` until the caller stops iterating or ``cancel`` is set.
 
-        Implementations reuse their KV cache for the longest common prefix with earlier prompts.
+        Implementations reuse their KV cache for the longest common prefix with earlier prompts, and
+        say how much with a :class:`PrefixMatch` before prefilling the rest (optional: without it the
+        first Step's ``cached_tokens`` is reported when the first token arrives).
         The caller closes the iterator to stop early; backends must leave their cache consistent.
         """
 

@@ -11,7 +11,7 @@ import threading
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
 
-from pensieve_server.engine.base import Backend, SamplingParams, Step
+from pensieve_server.engine.base import Backend, PrefixMatch, SamplingParams, Step
 
 
 class BatchingBackend(Backend):
@@ -20,8 +20,11 @@ class BatchingBackend(Backend):
     parallel: int = 1
 
     @abstractmethod
-    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:
-        """Start ``prompt`` (prefilled by later steps); raises EngineError when it cannot start."""
+    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> PrefixMatch | None:
+        """Start ``prompt`` (prefilled by later steps); raises EngineError when it cannot start.
+
+        Returns how much of the prompt is reused, known now, before any prefill (None: reported with
+        the first Step instead)."""
 
     @abstractmethod
     def step(self) -> dict[Hashable, Step | None]:
@@ -38,10 +41,13 @@ class BatchingBackend(Backend):
     def active(self) -> int:
         """Requests admitted and not yet released."""
 
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+               ) -> Iterator[Step | PrefixMatch]:
         key = object()
-        self.admit(key, prompt, params)
+        match = self.admit(key, prompt, params)
         try:
+            if match is not None:
+                yield match
             while not cancel.is_set():
                 step = self.step().get(key, False)
                 if step is None:

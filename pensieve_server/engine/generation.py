@@ -11,6 +11,7 @@ from pensieve_server.engine.base import (
     Cancelled,
     Completion,
     Event,
+    PrefixMatch,
     SamplingParams,
     Step,
     TextDelta,
@@ -70,6 +71,8 @@ class Generation:
         self.stop_filter = StopSequenceFilter(params.stop_sequences)
         self.output_tokens = 0
         self.cached_tokens = 0
+        self.cached_from_disk = 0
+        self.matched = False  # a PrefixMatch has been sent
         self.stop_reason, self.stop_sequence = "end_turn", None
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
@@ -77,17 +80,26 @@ class Generation:
         if self.done:
             self.stop_reason = "max_tokens"
 
+    def on_match(self, match: PrefixMatch) -> list[Event]:
+        """The backend's prefix reuse, known before prefill: passed on once, ahead of any text."""
+        if self.matched:
+            return []
+        self.matched = True
+        self.cached_tokens, self.cached_from_disk = match.cached_tokens, match.cached_from_disk
+        return [match]
+
     def on_step(self, step: Step) -> list[Event]:
         """Events for one sampled token; the last list ends with the Completion (``done`` is then set)."""
+        events: list[Event] = []
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
             self.timings.prefill_s = self.first_token_at - self.started
-            self.cached_tokens = step.cached_tokens
+            if not self.matched:  # a backend that reports its reuse only with the first token
+                events += self.on_match(PrefixMatch(step.cached_tokens, step.cached_from_disk))
         if self.backend.is_stop_token(step.token):
             self.stop_reason = "end_turn"
-            return self.finish()
+            return events + self.finish()
         self.output_tokens += 1
-        events: list[Event] = []
         text = self.stop_filter.feed(step.text)
         if text:
             events.append(TextDelta(text))
@@ -112,7 +124,7 @@ class Generation:
         else:
             self.timings.prefill_s = time.perf_counter() - self.started
         events.append(Completion(self.stop_reason, self.stop_sequence, self.prompt_tokens, self.output_tokens,
-                                 self.cached_tokens, self.timings))
+                                 self.cached_tokens, self.timings, self.cached_from_disk))
         return events
 
 
@@ -123,7 +135,8 @@ def generate(
     cancel: threading.Event | None = None,
     queued_s: float = 0.0,
 ) -> Iterator[Event]:
-    """Run ``backend`` on ``prompt`` and yield TextDelta events, then exactly one Completion.
+    """Run ``backend`` on ``prompt`` and yield one PrefixMatch (before prefill where the backend says so
+    early), TextDelta events, then exactly one Completion.
 
     Raises :class:`Cancelled` when ``cancel`` is set (checked after every token).
     """
@@ -137,6 +150,9 @@ def generate(
         for step in steps:
             if cancel.is_set():
                 raise Cancelled("client disconnected")
+            if isinstance(step, PrefixMatch):
+                yield from state.on_match(step)
+                continue
             events = state.on_step(step)
             if state.done:
                 break

@@ -20,7 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.base import (
+    Backend,
+    EngineError,
+    ModelInfo,
+    ModelLoadError,
+    PrefixMatch,
+    SamplingParams,
+    Step,
+)
 from pensieve_server.engine.constraint import ConstrainedRun, TokenGrammars
 from pensieve_server.engine.saved_states import SavedStates, common_prefix
 from pensieve_server.engine.scripted import CHATML_TEMPLATE
@@ -191,7 +199,8 @@ class LlamaCppBackend(Backend):
         return piece
 
     # -- generation --------------------------------------------------------------------------------
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+               ) -> Iterator[Step | PrefixMatch]:
         if self._closed:
             raise EngineError("the model was unloaded")
         self.check_prompt(prompt)
@@ -201,6 +210,7 @@ class LlamaCppBackend(Backend):
         sampler = self._make_sampler(params)
         try:
             cached = self._reuse_prefix(tokens)
+            yield PrefixMatch(cached)
             for start in range(cached, len(tokens), N_BATCH):
                 if cancel.is_set():
                     return

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pensieve_server.engine.base import EngineError, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
@@ -94,7 +94,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         return batched
 
     # -- the batch API -------------------------------------------------------------------------------
-    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:
+    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> PrefixMatch:
         """Start ``prompt`` in a free slot, reusing the longest cached prefix; prefill happens in step()."""
         self.check_prompt(prompt)
         free = [slot for slot in self._slots if not slot.busy]
@@ -121,6 +121,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._running[key] = Running(slot, self._make_sampler(params), self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
+        return PrefixMatch(keep)
 
     def release(self, key: Hashable) -> None:
         """End a request; its slot keeps the tokens for the next prompt that shares them."""

@@ -21,7 +21,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pensieve_server.engine.base import Backend, EngineError, ModelInfo, ModelLoadError, SamplingParams, Step
+from pensieve_server.engine.base import (
+    Backend,
+    EngineError,
+    ModelInfo,
+    ModelLoadError,
+    PrefixMatch,
+    SamplingParams,
+    Step,
+)
 from pensieve_server.engine.constraint import TokenGrammars
 from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, RESTORE_MIN_GAIN, SAVE_MIN_DISCARD
 from pensieve_server.engine.saved_states import SavedStates, common_prefix
@@ -209,7 +217,8 @@ class MlxBackend(Backend):
         return text
 
     # -- generation --------------------------------------------------------------------------------
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+               ) -> Iterator[Step | PrefixMatch]:
         if self._closed:
             raise EngineError("the model was unloaded")
         self.check_prompt(prompt)
@@ -219,6 +228,7 @@ class MlxBackend(Backend):
 
         tokens = [int(t) for t in prompt]
         cached = self._reuse_prefix(tokens)
+        yield PrefixMatch(cached)
         # generate_step's token history starts at the first token it evaluates
         sampler, processors = self._sampling(params, len(tokens) - cached)
 

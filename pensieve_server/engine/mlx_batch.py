@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pensieve_server.engine.base import EngineError, SamplingParams, Step
+from pensieve_server.engine.base import EngineError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.llamacpp_backend import RESTORE_MIN_GAIN
 from pensieve_server.engine.mlx_backend import PREFILL_STEP, MlxBackend, _nbytes
@@ -87,7 +87,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
                               prefill_step_size=PREFILL_STEP)
 
     # -- the batch API -------------------------------------------------------------------------------
-    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> None:
+    def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> PrefixMatch:
         if self._closed:
             raise EngineError("the model was unloaded")
         self.check_prompt(prompt)
@@ -107,6 +107,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         )
         self._running[key] = _Request(uid, cached, self._text_stream())
         self._keys[uid] = key
+        return PrefixMatch(cached)
 
     def step(self) -> dict[Hashable, Step | None]:
         steps: dict[Hashable, Step | None] = {key: None for key, r in self._running.items() if r.ended is not None}

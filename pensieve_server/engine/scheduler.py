@@ -167,11 +167,13 @@ class BatchScheduler(Scheduler):
             self._end(job, *state.finish())
             return True
         try:
-            self.backend.admit(id(job), job.prompt, job.params)
+            match = self.backend.admit(id(job), job.prompt, job.params)
         except EngineError as exc:
             self._end(job, exc)
             return True
         self.running[id(job)] = (job, state)
+        for event in state.on_match(match) if match is not None else ():
+            job.events.put(event)
         return True
 
     def _end(self, job: Job, *events: object) -> None:

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 
-from pensieve_server.engine.base import Backend, ModelInfo, SamplingParams, Step
+from pensieve_server.engine.base import Backend, ModelInfo, PrefixMatch, SamplingParams, Step
 
 STOP_TOKEN = -1  # never produced by tokenize(): code points are >= 0
 CHATML_TEMPLATE = (
@@ -68,7 +68,8 @@ class ScriptedBackend(Backend):
     def is_stop_token(self, token: int) -> bool:
         return token == STOP_TOKEN
 
-    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def stream(self, prompt: Sequence[int], params: SamplingParams, cancel: threading.Event
+               ) -> Iterator[Step | PrefixMatch]:
         prompt = list(prompt)
         self.prompts.append(self.detokenize(prompt))
         self.params.append(params)
@@ -80,6 +81,7 @@ class ScriptedBackend(Backend):
             cached += 1
         cached = min(cached, max(len(prompt) - 1, 0))  # like a real engine: the last token is evaluated
         self._live = prompt
+        yield PrefixMatch(cached)
         for index, char in enumerate(reply):
             if cancel.is_set():
                 return

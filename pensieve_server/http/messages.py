@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from pensieve_server.anthropic.errors import ApiError, InternalError, InvalidRequest
 from pensieve_server.anthropic.sse import encode_event, error_event, ping_event
 from pensieve_server.anthropic.stream import fold_events
+from pensieve_server.request_log import log_rejected
 from pensieve_server.service import MessagesService
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ def create_message():
         headers["pensieve-context-fit"] = "; ".join(prepared.fit_actions)[:1000]
     if prepared.notices:
         headers["x-pensieve-notice"] = "; ".join(prepared.notices)[:1000]
+    request_id = g.get("request_id", "")
     if prepared.request.stream:
         interval = current_app.extensions["pensieve"].settings.ping_interval
 
         def stream():
-            events = service.events(prepared, job, ping_interval=interval)
+            events = service.events(prepared, job, ping_interval=interval, request_id=request_id)
             try:
                 for item in events:
                     yield ping_event() if item is None else encode_event(*item)
@@ -79,7 +81,7 @@ def create_message():
             mimetype="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    events = service.events(prepared, job)
+    events = service.events(prepared, job, request_id=request_id)
     try:
         message = fold_events(item for item in events if item is not None)
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -105,5 +107,7 @@ def record(response: Response) -> Response:
     state = current_app.extensions["pensieve"]
     route = request.url_rule.rule if request.url_rule else "unknown"
     state.metrics.record_request(route, response.status_code)
+    if route == "/v1/messages" and response.status_code >= 400:
+        log_rejected(g.get("request_id", ""), response.status_code, response.get_json(silent=True))
     log.debug("%s %s %s %s", g.get("request_id"), request.method, request.path, response.status_code)
     return response

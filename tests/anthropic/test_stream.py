@@ -31,8 +31,9 @@ WEATHER = {
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
 
+# message_start carries the prompt's real split (input, cache read), known before prefill, as the API sends it.
 USAGE_START = (
-    '"usage":{"input_tokens":%d,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
+    '"usage":{"input_tokens":%d,"cache_creation_input_tokens":0,"cache_read_input_tokens":%d,'
     '"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":1,'
     '"service_tier":"standard"}'
 )
@@ -40,7 +41,7 @@ USAGE_START = (
 GOLDEN_TEXT = (
     'event: message_start\n'
     'data: {"type":"message_start","message":{"id":"msg_01TEST","type":"message","role":"assistant",'
-    '"model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,' + USAGE_START % 12 + '}}\n\n'
+    '"model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,' + USAGE_START % (12, 0) + '}}\n\n'
     'event: content_block_start\n'
     'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
     'event: content_block_delta\n'
@@ -59,7 +60,7 @@ GOLDEN_TEXT = (
 GOLDEN_TOOL = (
     'event: message_start\n'
     'data: {"type":"message_start","message":{"id":"msg_01TEST","type":"message","role":"assistant",'
-    '"model":"claude-opus-4-8","content":[],"stop_reason":null,"stop_sequence":null,' + USAGE_START % 30 + '}}\n\n'
+    '"model":"claude-opus-4-8","content":[],"stop_reason":null,"stop_sequence":null,' + USAGE_START % (5, 25) + '}}\n\n'
     'event: content_block_start\n'
     'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
     'event: content_block_delta\n'
@@ -91,7 +92,8 @@ def text_events() -> tuple[MessageAssembler, list[StreamEvent]]:
 
 
 def tool_events() -> tuple[MessageAssembler, list[StreamEvent]]:
-    assembler = MessageAssembler(model="claude-opus-4-8", input_tokens=30, tools=[WEATHER], message_id="msg_01TEST")
+    assembler = MessageAssembler(model="claude-opus-4-8", input_tokens=30, cache_read_input_tokens=25, tools=[WEATHER],
+                                 message_id="msg_01TEST")
     pieces = [TextPiece("Let me check."), ToolCallStart("toolu_01A", "get_weather"), ToolCallDelta('{"city":'),
               ToolCallDelta(' "Paris"}'), ToolCallEnd({"city": "Paris"})]
     events = [*assembler.start()]
@@ -379,6 +381,21 @@ def test_sdk_raw_stream_with_pings_matches_events() -> None:
     raw = list(streaming(data).messages.create(**REQUEST, stream=True))
     assert [event.type for event in raw] == types(events)
     assert [event.to_dict() for event in raw] == [data for _, data in events]
+
+
+def test_sdk_reads_pings_sent_before_message_start() -> None:
+    """While a request waits for the model, pings go out before message_start (whose usage needs the
+    prefix match); the SDK skips them and sees the split message_start reports."""
+    _, events = tool_events()
+    data = ping_event() + ping_event() + sse(events[:1]) + ping_event() + sse(events[1:])
+    raw = list(streaming(data).messages.create(**REQUEST, stream=True))
+    assert [event.to_dict() for event in raw] == [data for _, data in events]
+    with streaming(data).messages.stream(**REQUEST) as stream:
+        first = next(iter(stream))
+        final = stream.get_final_message()
+    assert first.type == "message_start"
+    assert (first.message.usage.input_tokens, first.message.usage.cache_read_input_tokens) == (5, 25)
+    assert final.model_dump(mode="json", exclude_none=True) == without_none(fold_events(events))
 
 
 def test_sdk_raises_a_mid_stream_error_event() -> None:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from pensieve_server.engine.base import Backend, Completion, PrefixMatch, SamplingParams, Step, TextDelta
 from pensieve_server.engine.generation import generate
 from pensieve_server.engine.llamacpp_backend import LlamaCppBackend
 from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
@@ -128,12 +129,13 @@ def test_cancel_stops_within_one_token_and_the_next_request_is_right(backend: Ba
     cancel = threading.Event()
     prompt = backend.tokenize(chat("Write a long story about a dragon."))
     steps = 0
-    for _ in backend.stream(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel):
-        steps += 1
+    for item in backend.stream(prompt, SamplingParams(max_tokens=200, temperature=0.0), cancel):
+        steps += isinstance(item, Step)
         if steps == 3:
             cancel.set()
     assert steps == 3
-    assert list(backend.stream(prompt, SamplingParams(max_tokens=9), cancel)) == []  # cancelled before a token
+    # Cancelled before a token: the prefix match, known before prefill, and nothing else.
+    assert [type(item) for item in backend.stream(prompt, SamplingParams(max_tokens=9), cancel)] == [PrefixMatch]
     text, done = run(backend, chat(FRANCE))  # the cache is still consistent
     assert_greedy_path(raw, backend.tokenize(chat(FRANCE)), text, done.stop_reason)
 

@@ -22,6 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pensieve_server.engine.base import (
+    Completion,
+    EngineError,
+    ModelLoadError,
+    PrefixMatch,
+    SamplingParams,
+    TextDelta,
+)
 from pensieve_server.engine.generation import generate
 from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES
 from pensieve_server.engine.mlx_backend import MlxBackend
@@ -97,6 +105,7 @@ def test_closing_early_keeps_the_cache_true(backend: MlxBackend):
     def take(tokens: list[int], n: int) -> list:
         steps = backend.stream(tokens, params, threading.Event())
         try:
+            assert isinstance(next(steps), PrefixMatch)  # said before prefill
             return [next(steps) for _ in range(n)]
         finally:
             steps.close()
