@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.clients import Sample
+from benchmarks.restart import restart_figures, restart_section, restart_targets
 
 PAIRS = (("pensieve-llamacpp", "raw-llamacpp"), ("pensieve-mlx", "raw-mlx"))
 PEERS = (("pensieve-llamacpp", "llama-cpp-server"), ("pensieve-mlx", "mlx-lm-server"))
@@ -61,6 +62,7 @@ def contender_figures(result: dict[str, Any]) -> dict[str, Any]:
         "concurrency": {n: {"aggregate_tps": c.get("aggregate_tps"),
                             "speedup": _ratio(c.get("aggregate_tps"), single)} for n, c in sorted(concurrency.items())},
         "replay": replay_figures(result.get("replay")),
+        "restart": restart_figures(result.get("restart")),
     }
 
 
@@ -194,6 +196,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         if ok[name].get("kind") == "pensieve":
             targets.append(replay_target(name, fig["replay"]))
             targets.append(concurrency_target(name, fig))
+            targets += [Target(*t) for t in restart_targets(name, fig["restart"])]
     for mine, peer in PEERS:
         if mine in figures and peer in figures:
             peers[f"{mine} vs {peer}"] = rows = compare(figures[mine], figures[peer], chat)
@@ -361,7 +364,8 @@ def render_markdown(run: dict[str, Any], summary: dict[str, Any]) -> str:
     notes = [f"- {n}" for n in run.get("notes", [])]
     sections = [intro, _machine_section(run), _contenders_section(run), _targets_section(summary),
                 _workloads_section(run, summary), _overhead_section(summary), _peers_section(summary),
-                _replay_section(summary), _concurrency_section(summary),
+                _replay_section(summary), restart_section({n: f["restart"] for n, f in summary["figures"].items()}),
+                _concurrency_section(summary),
                 (["## Notes", "", *notes, ""] if notes else [])]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

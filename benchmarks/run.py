@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
 from benchmarks import machine, report  # noqa: E402
 from benchmarks.clients import Sample  # noqa: E402
 from benchmarks.contenders import CONTENDERS, Contender, Context, SkipContender, resolve_mlx_folder  # noqa: E402
+from benchmarks.restart import run_restart  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     MAX_TOKENS,
     MLX_CPU_MAX_PROMPT,
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--machine", help="machine label in the file name (default: host name)")
     parser.add_argument("--claude-code-fixture", type=Path, help="captured Claude Code request (default: tests/fixtures/claude-code/)")
     parser.add_argument("--mlx-folder", type=Path, help="an existing MLX conversion (default: Pensieve's converter)")
+    parser.add_argument("--restart-only", action="store_true",
+                        help="only the Claude Code turns after a server restart (Pensieve contenders)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]
@@ -180,7 +183,7 @@ def run_replay(contender: Contender, captured: CapturedRequest, token: str, max_
 
 def new_result(contender: Contender, plan: Plan) -> dict[str, Any]:
     return {"engine": contender.engine, "kind": contender.kind, "description": contender.description,
-            "status": "ok", "reason": None, "samples": [], "concurrency": [], "replay": None,
+            "status": "ok", "reason": None, "samples": [], "concurrency": [], "replay": None, "restart": None,
             "plan": plan.describe(), "notes": list(plan.notes)}
 
 
@@ -201,14 +204,21 @@ def start_contender(contender: Contender, builder: PromptBuilder, plan: Plan, re
 
 
 def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, captured: CapturedRequest | None,
-              token: str, results: dict[str, dict[str, Any]]) -> None:
+              token: str, results: dict[str, dict[str, Any]], restart_only: bool = False) -> None:
     """Contenders of one engine side by side: all started, the Claude Code replay, the chat prompts
-    round-robin, then each one's concurrency workload alone, its peak RSS, and all stopped."""
+    round-robin, then each one's concurrency workload alone, its peak RSS, the turns after a restart
+    (Pensieve), and all stopped."""
     live: list[Contender] = []
     try:
         for contender in contenders:
             if start_contender(contender, builder, plan, results[contender.name]):
                 live.append(contender)
+        restarts = [c for c in live if c.kind == "pensieve" and (plan.replay or restart_only)]
+        if restart_only:
+            for contender in restarts:
+                results[contender.name]["restart"] = run_restart(contender, captured, REPO, token,
+                                                                 plan.short.max_tokens, log)
+            return
         for contender in live:
             if plan.replay and contender.anthropic and captured is not None:
                 results[contender.name]["replay"] = run_replay(contender, captured, token, plan.short.max_tokens)
@@ -217,6 +227,9 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
             for streams in plan.concurrency if contender.concurrent else ():
                 results[contender.name]["concurrency"].append(run_concurrent(contender, builder, plan, streams))
             results[contender.name]["peak_rss_bytes"], results[contender.name]["rss_method"] = contender.peak_rss()
+        for contender in restarts:  # last: it restarts the server
+            results[contender.name]["restart"] = run_restart(contender, captured, REPO, token,
+                                                             plan.short.max_tokens, log)
     finally:
         for contender in contenders:
             contender.stop()
@@ -279,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_plan = plan.for_engine(engine, args.quick, args.mlx_repetitions, mlx_max_prompt(args))
             for contender in group:
                 run["contenders"][contender.name] = new_result(contender, engine_plan)
-            run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"])
+            run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"], args.restart_only)
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the engine group running then is incomplete and those after it did not run")
