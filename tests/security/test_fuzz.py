@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -66,6 +67,11 @@ def assert_still_serving(server: RunningServer) -> None:
         response = http.post("/v1/messages", json=GOOD)
     assert response.status_code == 200, response.text
     assert_message(response.json())
+    # The worker clears its job just after the last event went out, so idle comes a moment after the answer.
+    deadline = time.monotonic() + 30
+    while any(getattr(model.scheduler, "active", None) is not None or model.scheduler.depth
+              for model in server.pool.loaded()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for model in server.pool.loaded():
         assert getattr(model.scheduler, "active", None) is None and model.scheduler.depth == 0
 
