@@ -253,3 +253,19 @@ def test_raw_engine_worker_completes_and_batches_on_the_real_model(engine: str, 
     finally:
         worker.stdin.close()
         worker.wait(30)
+
+
+def test_restart_rows_in_the_report(builder: PromptBuilder) -> None:
+    run = fake_run(builder)
+    run["contenders"]["pensieve-llamacpp"]["restart"] = {
+        "print": {"cold": _sample("restart-print-cold", 70.0, 100, 6094),
+                  "restart": _sample("restart-print", 1.2, 100, 13, cached=6088), "saved": True},
+        "interactive": {"cold": _sample("restart-interactive-cold", 80.0, 100, 7000),
+                        "restart": _sample("restart-interactive", 6.0, 100, 500, cached=6500), "saved": True},
+    }
+    summary = report.summarize(run)
+    marks = {(t["name"], t["subject"]): (t["met"], t["value"]) for t in summary["targets"]}
+    assert marks[("print turn after a restart: TTFT ≤ 5% of cold", "pensieve-llamacpp")] == (True, "1.7% of cold")
+    assert marks[("interactive turn after a restart: TTFT ≤ 5% of cold", "pensieve-llamacpp")] == (False, "7.5% of cold")
+    markdown = report.render_markdown(run, summary)
+    assert "## Claude Code after a server restart" in markdown and "| 13 / 6088 |" in markdown
