@@ -121,7 +121,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_messages", int, 10_000, "most messages accepted in one request"),
     Option("max_tools", int, 1_000, "most tool definitions accepted in one request"),
     Option("queue_size", int, 16, "requests that may wait for the engine before 529 overloaded"),
-    Option("parallel", int, 1, "requests generated together (continuous batching on llama.cpp and MLX)"),
+    Option("parallel", int, 0, "requests generated together (continuous batching on llama.cpp and MLX; "
+           "0: auto, 2 on llama.cpp where memory allows, so Claude Code's side requests never hold up a turn)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
     Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core)"),
     Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),
@@ -205,7 +206,7 @@ class Settings:
     max_messages: int = 10_000
     max_tools: int = 1_000
     queue_size: int = 16
-    parallel: int = 1
+    parallel: int = 0  # auto: pensieve_server.engine.parallel
     threads: int = 16
     prefix_cache_bytes: int = 0
     disk_cache_bytes: int = -1

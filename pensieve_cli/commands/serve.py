@@ -40,7 +40,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
                         help="inference engine (default auto; upstream forwards to upstream_url)")
     parser.add_argument("--context-length", type=int, dest="context_length", help="cap the context window")
     parser.add_argument("--parallel", type=int,
-                        help="requests generated together; llama.cpp batches them (default 1)")
+                        help="requests generated together (default 0: auto, 2 on llama.cpp where memory allows)")
     parser.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"),
                         help="how much the server logs (default info)")
 

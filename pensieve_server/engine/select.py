@@ -123,7 +123,7 @@ def load_backend(
     """Load ``entry`` on ``engine`` (resolved first when it is "auto").
 
     ``parallel`` > 1 decodes that many requests together: llama.cpp in one context with a KV stream
-    per slot, MLX through mlx-lm's BatchGenerator.
+    per slot, MLX through mlx-lm's BatchGenerator; 0 picks it (:mod:`pensieve_server.engine.parallel`).
     """
     if engine == "auto":
         engine = resolve_engine(engine, entry)
@@ -136,6 +136,10 @@ def load_backend(
                              "the model pool loads upstream models itself")
     resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
     threads = cpu.compute_threads(compute_threads)
+    if parallel <= 0:
+        from pensieve_server.engine.parallel import auto_parallel
+
+        parallel = auto_parallel(entry, engine, context_length)
     # Both single-sequence engines bound their saved prefix states the same way (0: auto-sized).
     from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES
 
