@@ -30,7 +30,7 @@ from pensieve_cli.claude_config import (
     with_onboarding,
     write_error,
 )
-from pensieve_cli.claude_env import claude_env
+from pensieve_cli.claude_env import env_for_settings
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_cli.upstream_setup import UpstreamChoice, add_flags, choose_upstream, wants_upstream
@@ -144,7 +144,12 @@ def choose(args: argparse.Namespace, settings: Settings, installed: set[str], as
 
 def edits_for(settings: Settings, choices: Choices, token: str) -> list[Edit]:
     claude = ClaudePaths.resolve()
-    env = claude_env(settings.replace(port=choices.port).base_url, token)
+    chosen = settings.replace(port=choices.port, default_model=choices.model)
+    if choices.upstream is not None:
+        chosen = chosen.replace(engine="upstream", upstream_context_length=choices.upstream.context_length or 0)
+    elif settings.engine == "upstream":
+        chosen = chosen.replace(engine="auto")
+    env = env_for_settings(chosen, token)  # with the chosen model's context (compaction, for long sessions)
     config = {"port": choices.port, "default_model": choices.model, **{f"tiers.{t}": choices.model for t in TIERS}}
     if choices.upstream is not None:
         config.update(choices.upstream.config())

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pensieve_cli.claude_env import ENV_KEYS, HAIKU_MODEL, MAIN_MODEL, claude_env, format_lines, single_quote
+from pensieve_cli.claude_env import (
+    COMPACT_KEYS,
+    ENV_KEYS,
+    HAIKU_MODEL,
+    MAIN_MODEL,
+    claude_env,
+    compact_env,
+    format_lines,
+    single_quote,
+)
 from pensieve_cli.main import main
 from pensieve_server.settings import Paths
 
@@ -116,3 +125,75 @@ def test_setup_writes_the_same_environment(capsys: pytest.CaptureFixture[str], i
     written = json.loads((isolated_home / ".claude" / "settings.json").read_text())["env"]
     printed = json.loads(run_cli(capsys, "claude-env", "--json")[1])
     assert written == printed
+
+
+# -- long sessions: Claude Code compacts before Pensieve would drop turns ------------------------------
+
+def claude_code_compact_threshold(env: dict[str, str]) -> int | None:
+    """Where Claude Code 2.1.197 compacts under ``env``, as its cli computes it (None: it does not
+    compact before a request: with no configured window only a "prompt is too long" triggers it)."""
+    if "CLAUDE_CODE_AUTO_COMPACT_WINDOW" not in env:
+        return None
+    window = min(200_000, max(100_000, int(env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"])))  # floor 1e5, model window
+    rest = window - min(64_000, 20_000)  # claude-sonnet-4-5 writes up to 64k; the summary keeps at most 20k
+    percent = float(env.get("CLAUDE_AUTOCOMPACT_PCT_OVERRIDE", "0")) or None
+    below = rest - 13_000
+    return below if percent is None else min(int(rest * percent / 100), below)
+
+
+@pytest.mark.parametrize("context", [32_000, 32_768, 65_536, 100_000, 131_072, 200_000, 1_000_000])
+def test_compaction_comes_before_pensieve_fits_the_prompt(context: int) -> None:
+    from pensieve_server.anthropic.fitting import answer_room
+
+    env = compact_env(context)
+    assert set(env) == set(COMPACT_KEYS)
+    threshold = claude_code_compact_threshold(env)
+    assert threshold is not None
+    fitting_starts = context - answer_room(32_000, context)  # Claude Code asks for 32000 output tokens
+    assert threshold < fitting_starts  # Claude Code summarises before Pensieve drops old turns
+    assert threshold >= min(context, 200_000) * 0.6  # and not much earlier than it must
+
+
+@pytest.mark.parametrize("context", [0, 4096, 8192, 31_999])
+def test_small_contexts_get_no_compaction_variables(context: int) -> None:
+    assert compact_env(context) == {}
+    env = claude_env("http://127.0.0.1:7777", "t", context)
+    assert tuple(env) == ENV_KEYS
+
+
+def test_claude_env_follows_the_configured_models_context(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded model (8k) gets none; a catalog model (32k) gets both, even before it is pulled; a
+    context cap below 32k takes them away again."""
+    assert list(json.loads(run_cli(capsys, "claude-env", "--json")[1])) == list(ENV_KEYS)
+    monkeypatch.setenv("PENSIEVE_DEFAULT_MODEL", "qwen2.5-coder-7b")
+    env = json.loads(run_cli(capsys, "claude-env", "--json")[1])
+    assert list(env) == [*ENV_KEYS, *COMPACT_KEYS]
+    assert env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "100000"
+    assert abs(claude_code_compact_threshold(env) - 32_768 * 0.8) < 10  # the percentage has two decimals
+    monkeypatch.setenv("PENSIEVE_CONTEXT_LENGTH", "16384")
+    assert list(json.loads(run_cli(capsys, "claude-env", "--json")[1])) == list(ENV_KEYS)
+
+
+def test_an_installed_models_own_context_counts(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pensieve_server.models.store import ModelEntry, ModelStore
+
+    store = ModelStore(Paths.resolve().models_dir)
+    store.write_manifest(store.folder("long-one"), ModelEntry("long-one", "gguf", "/x.gguf", "test", 131_072, 1))
+    monkeypatch.setenv("PENSIEVE_DEFAULT_MODEL", "long-one")
+    env = json.loads(run_cli(capsys, "claude-env", "--json")[1])
+    assert env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "131072"
+    assert claude_code_compact_threshold(env) == 131_072 - 33_000  # Claude Code's own margin is below 0.8 here
+
+
+def test_setup_writes_the_compaction_variables_for_the_chosen_model(capsys: pytest.CaptureFixture[str],
+                                                                    isolated_home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pensieve_cli.commands import setup
+
+    monkeypatch.setattr(setup, "server_health", lambda base_url: None)
+    assert run_cli(capsys, "setup", "--yes", "--model", "qwen3-8b")[0] == 0
+    written = json.loads((isolated_home / ".claude" / "settings.json").read_text())["env"]
+    assert {key: written[key] for key in COMPACT_KEYS} == compact_env(32_768)
+    assert json.loads(run_cli(capsys, "claude-env", "--json")[1]) == written
