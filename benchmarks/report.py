@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.clients import Sample
 from benchmarks.restart import restart_figures, restart_section, restart_targets
+from benchmarks.side_request import side_request_figures, side_request_section, side_request_targets
 
 PAIRS = (("pensieve-llamacpp", "raw-llamacpp"), ("pensieve-mlx", "raw-mlx"))
 PEERS = (("pensieve-llamacpp", "llama-cpp-server"), ("pensieve-mlx", "mlx-lm-server"))
@@ -63,6 +64,7 @@ def contender_figures(result: dict[str, Any]) -> dict[str, Any]:
                             "speedup": _ratio(c.get("aggregate_tps"), single)} for n, c in sorted(concurrency.items())},
         "replay": replay_figures(result.get("replay")),
         "restart": restart_figures(result.get("restart")),
+        "side_request": side_request_figures(result.get("side_request")),
     }
 
 
@@ -197,6 +199,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
             targets.append(replay_target(name, fig["replay"]))
             targets.append(concurrency_target(name, fig))
             targets += [Target(*t) for t in restart_targets(name, fig["restart"])]
+            targets += [Target(*t) for t in side_request_targets(name, fig["side_request"])]
     for mine, peer in PEERS:
         if mine in figures and peer in figures:
             peers[f"{mine} vs {peer}"] = rows = compare(figures[mine], figures[peer], chat)
@@ -365,6 +368,7 @@ def render_markdown(run: dict[str, Any], summary: dict[str, Any]) -> str:
     sections = [intro, _machine_section(run), _contenders_section(run), _targets_section(summary),
                 _workloads_section(run, summary), _overhead_section(summary), _peers_section(summary),
                 _replay_section(summary), restart_section({n: f["restart"] for n, f in summary["figures"].items()}),
+                side_request_section({n: f["side_request"] for n, f in summary["figures"].items()}),
                 _concurrency_section(summary),
                 (["## Notes", "", *notes, ""] if notes else [])]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"

@@ -27,6 +27,7 @@ from benchmarks import machine, report  # noqa: E402
 from benchmarks.clients import Sample  # noqa: E402
 from benchmarks.contenders import CONTENDERS, Contender, Context, SkipContender, resolve_mlx_folder  # noqa: E402
 from benchmarks.restart import run_restart  # noqa: E402
+from benchmarks.side_request import run_side_request, side_fixtures  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     MAX_TOKENS,
     MLX_CPU_MAX_PROMPT,
@@ -70,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlx-folder", type=Path, help="an existing MLX conversion (default: Pensieve's converter)")
     parser.add_argument("--restart-only", action="store_true",
                         help="only the Claude Code turns after a server restart (Pensieve contenders)")
+    parser.add_argument("--side-request-only", action="store_true",
+                        help="only the Claude Code turn with its side request against the turn alone (Pensieve)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTENDERS]
@@ -184,6 +187,7 @@ def run_replay(contender: Contender, captured: CapturedRequest, token: str, max_
 def new_result(contender: Contender, plan: Plan) -> dict[str, Any]:
     return {"engine": contender.engine, "kind": contender.kind, "description": contender.description,
             "status": "ok", "reason": None, "samples": [], "concurrency": [], "replay": None, "restart": None,
+            "side_request": None,
             "plan": plan.describe(), "notes": list(plan.notes)}
 
 
@@ -204,7 +208,8 @@ def start_contender(contender: Contender, builder: PromptBuilder, plan: Plan, re
 
 
 def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, captured: CapturedRequest | None,
-              token: str, results: dict[str, dict[str, Any]], restart_only: bool = False) -> None:
+              token: str, results: dict[str, dict[str, Any]], restart_only: bool = False,
+              side_only: bool = False) -> None:
     """Contenders of one engine side by side: all started, the Claude Code replay, the chat prompts
     round-robin, then each one's concurrency workload alone, its peak RSS, the turns after a restart
     (Pensieve), and all stopped."""
@@ -214,6 +219,13 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
             if start_contender(contender, builder, plan, results[contender.name]):
                 live.append(contender)
         restarts = [c for c in live if c.kind == "pensieve" and (plan.replay or restart_only)]
+        pair = side_fixtures(REPO)
+        sides = [c for c in live if c.kind == "pensieve" and pair is not None and (plan.replay or side_only)]
+        if side_only:
+            for contender in sides:
+                results[contender.name]["side_request"] = run_side_request(contender, pair, token,
+                                                                           plan.short.max_tokens, log)
+            return
         if restart_only:
             for contender in restarts:
                 results[contender.name]["restart"] = run_restart(contender, captured, REPO, token,
@@ -222,6 +234,9 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
         for contender in live:
             if plan.replay and contender.anthropic and captured is not None:
                 results[contender.name]["replay"] = run_replay(contender, captured, token, plan.short.max_tokens)
+            if contender in sides:
+                results[contender.name]["side_request"] = run_side_request(contender, pair, token,
+                                                                           plan.short.max_tokens, log)
         run_chats(live, builder, plan, results)
         for contender in live:
             for streams in plan.concurrency if contender.concurrent else ():
@@ -292,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             engine_plan = plan.for_engine(engine, args.quick, args.mlx_repetitions, mlx_max_prompt(args))
             for contender in group:
                 run["contenders"][contender.name] = new_result(contender, engine_plan)
-            run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"], args.restart_only)
+            run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"], args.restart_only,
+                      args.side_request_only)
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the engine group running then is incomplete and those after it did not run")

@@ -269,3 +269,33 @@ def test_restart_rows_in_the_report(builder: PromptBuilder) -> None:
     assert marks[("interactive turn after a restart: TTFT ≤ 5% of cold", "pensieve-llamacpp")] == (False, "7.5% of cold")
     markdown = report.render_markdown(run, summary)
     assert "## Claude Code after a server restart" in markdown and "| 13 / 6088 |" in markdown
+
+
+def test_side_request_row_on_fake_numbers(builder: PromptBuilder, tmp_path: Path) -> None:
+    """The side-request row: the captured pair with a new question in both, its figures, target and section."""
+    from benchmarks.side_request import QUESTION, SIDE_MODEL, asking, side_fixtures
+
+    pair = side_fixtures(REPO)
+    assert pair is not None, "tests/fixtures/claude-code/interactive/ holds the captured side and main requests"
+    side, main = pair
+    assert side.body["tools"] == [] and len(main.body["tools"]) == 27
+    changed = asking(main, "what is 2+7")
+    assert QUESTION in json.dumps(main.body) and QUESTION not in json.dumps(changed.body)
+    assert "what is 2+7" in json.dumps(changed.body) and changed.body["system"] == main.body["system"]
+    assert SIDE_MODEL.startswith("claude-3-5-haiku")
+    run = fake_run(builder)
+    alone = [_sample("main-alone", 0.5, 100, 12, rep, cached=6000) for rep in range(3)]
+    with_side = [_sample("main-with-side", 0.55, 90, 12, rep, cached=6000) for rep in range(3)]
+    sides = [_sample("side", 0.4, 90, 30, rep, cached=350) for rep in range(3)]
+    run["contenders"]["pensieve-llamacpp"]["side_request"] = {"alone": alone, "with_side": with_side,
+                                                              "side": sides, "lead_ms": 5.0}
+    summary = report.summarize(run)
+    marks = {(t["name"], t["subject"]): t for t in summary["targets"]}
+    target = marks[("main turn with its side request: TTFT ≤ 1.15× alone", "pensieve-llamacpp")]
+    assert target["met"] is True and target["value"].startswith("1.10×")
+    run["contenders"]["pensieve-llamacpp"]["side_request"]["with_side"] = [
+        _sample("main-with-side", 2.0, 90, 12, rep, cached=6000) for rep in range(3)]
+    summary = report.summarize(run)
+    assert {t["name"]: t["met"] for t in summary["targets"]}["main turn with its side request: TTFT ≤ 1.15× alone"] is False
+    md_path, _ = report.write_reports(run, tmp_path)
+    assert "## A Claude Code turn with its side request" in md_path.read_text()
