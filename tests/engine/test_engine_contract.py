@@ -94,9 +94,9 @@ def test_the_turn_ends_where_the_raw_engine_ends_it(backend: Backend, raw: RawEn
     """After a finished answer, the next token ends the turn or not exactly as for the raw engine."""
     prompt = chat(FRANCE) + "I do not know.<|im_end|>\n<|im_start|>user\nThank you.<|im_end|>\n<|im_start|>assistant\n"
     tokens = backend.tokenize(prompt)
-    text, done = run(backend, prompt, max_tokens=24)
+    text, done = run(backend, prompt, max_tokens=16)
     assert_greedy_path(raw, tokens, text, done.stop_reason)
-    expected = raw.greedy(tokens, max_tokens=24)
+    expected = raw.greedy(tokens, max_tokens=16)
     if text == expected.text:  # the raw engine's own path: the same stop, after as many tokens
         assert (done.stop_reason, done.output_tokens) == (expected.stop_reason, len(expected.tokens))
 
