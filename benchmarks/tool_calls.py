@@ -61,6 +61,7 @@ CODING_REQUESTS = [
     "Read /repo/pyproject.toml and tell me the project name.",
     "Delete the build directory.",
 ]
+TOOL_MAX_TOKENS = 96  # a Bash/Read/Edit/Write call of these tasks takes 25-60 tokens
 TITLE_SESSIONS = [
     "what is 2+2", "fix the failing login test", "add dark mode to the settings page",
     "why is my docker build slow", "refactor the payment module", "write a README for this repo",
@@ -128,7 +129,7 @@ def tool_round(client: Any, choice: str, requests: list[str], schemas: dict[str,
 
     valid = responses_with_call = calls = valid_calls = attempts_as_text = 0
     for text in requests:
-        message = post(client, {"model": "claude-sonnet-4-5", "max_tokens": 200, "tools": tools(),
+        message = post(client, {"model": "claude-sonnet-4-5", "max_tokens": TOOL_MAX_TOKENS, "tools": tools(),
                                 "tool_choice": {"type": choice}, "messages": [{"role": "user", "content": text}]})
         uses = [block for block in message["content"] if block["type"] == "tool_use"]
         ok = []
@@ -159,7 +160,7 @@ def title_round(client: Any) -> dict[str, Any]:
         except ValueError:
             pass
         tokens.append(message["usage"]["output_tokens"])
-    return {"requests": len(TITLE_SESSIONS), "parsed": parsed, "output_tokens_mean": statistics.mean(tokens)}
+    return {"requests": len(TITLE_SESSIONS), "parsed": parsed, "output_tokens_mean": round(statistics.mean(tokens), 1)}
 
 
 def decode_speed(server: Server, runs: int) -> dict[str, Any]:
@@ -175,11 +176,11 @@ def decode_speed(server: Server, runs: int) -> dict[str, Any]:
     constraint = tool_call_constraint(write, {"type": "tool", "name": "Write", "disable_parallel_tool_use": True})
     rates: dict[str, list[float]] = {"free": [], "constrained": []}
     for index in range(runs):
-        request = MessagesRequest(model="m", max_tokens=96, tools=write, messages=[{"role": "user", "content": [
+        request = MessagesRequest(model="m", max_tokens=64, tools=write, messages=[{"role": "user", "content": [
             {"type": "text", "text": f"Write a long poem about the sea, number {index}, to /repo/poem{index}.txt."}]}])
         prompt = backend.tokenize(render_prompt(request, backend.info))
         for kind in ("free", "constrained") if index % 2 == 0 else ("constrained", "free"):
-            params = SamplingParams(max_tokens=96, temperature=0.0, repeat_penalty=1.1,
+            params = SamplingParams(max_tokens=64, temperature=0.0, repeat_penalty=1.1,
                                     constraint=constraint if kind == "constrained" else None)
             done = [e for e in generate(backend, prompt, params) if isinstance(e, Completion)][0]
             if done.output_tokens > 8:
@@ -192,8 +193,8 @@ def decode_speed(server: Server, runs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", default="llamacpp", choices=("llamacpp", "mlx"))
-    parser.add_argument("--requests", type=int, default=len(CODING_REQUESTS))
-    parser.add_argument("--speed-runs", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--speed-runs", type=int, default=4)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     import httpx
@@ -207,27 +208,35 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pensieve-bench-") as home:
         server = Server(args.engine, Path(home))
         try:
-            with httpx.Client(base_url=server.url, headers={"x-api-key": "bench"}, timeout=900) as client:
-                for label, on in (("before", False), ("after", True)):
-                    server.constrained(on)
-                    log(f"{label}: tool_choice any")
-                    result[f"{label}_any"] = tool_round(client, "any", requests, schemas)
-                    log(f"{label}: tool_choice auto")
-                    result[f"{label}_auto"] = tool_round(client, "auto", requests, schemas)
-                    log(f"{label}: title json_schema")
-                    result[f"{label}_title"] = title_round(client)
-            server.constrained(True)
-            log("decode speed")
-            result["decode_speed"] = decode_speed(server, args.speed_runs)
+            with httpx.Client(base_url=server.url, headers={"x-api-key": "bench"}, timeout=3600) as client:
+                # Cheapest rounds first, results saved after each: a slow machine still reports what it measured.
+                rounds = [("after", "any"), ("before", "any"), ("after", "title"), ("before", "title"),
+                          ("speed", ""), ("after", "auto"), ("before", "auto")]
+                for label, choice in rounds:
+                    log(f"{label}: {choice or 'decode speed'}")
+                    if label == "speed":
+                        server.constrained(True)
+                        result["decode_speed"] = decode_speed(server, args.speed_runs)
+                    else:
+                        server.constrained(label == "after")
+                        result[f"{label}_{choice}"] = (title_round(client) if choice == "title"
+                                                       else tool_round(client, choice, requests, schemas))
+                    result["wall_s"] = round(time.perf_counter() - started, 1)
+                    save(args.out, result)
+                    log(f"  {result.get(f'{label}_{choice}', result.get('decode_speed'))}")
         finally:
             server.close()
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{result['date']}-tool-calls-{args.engine}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(render(result))
+    save(args.out, result)
     print(render(result))
     return 0
+
+
+def save(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{result['date']}-tool-calls-{result['engine']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(render(result))
 
 
 def render(result: dict[str, Any]) -> str:
@@ -235,19 +244,21 @@ def render(result: dict[str, Any]) -> str:
              f"Model {result['model']}, greedy; Claude Code's Bash/Read/Edit/Write definitions. "
              f"Wall time {result.get('wall_s', '?')} s.", "",
              "| | before (validate after) | after (constrained) |", "| --- | --- | --- |"]
+    missing = {"responses_with_valid_call": "–", "requests": "–", "valid_calls": "–", "calls": "–",
+               "call_attempts_left_as_text": "–", "parsed": "–"}
     for choice in ("any", "auto"):
-        before, after = result[f"before_{choice}"], result[f"after_{choice}"]
+        before, after = result.get(f"before_{choice}", missing), result.get(f"after_{choice}", missing)
         lines.append(f"| `{choice}`: responses with a valid call / requests | {before['responses_with_valid_call']}/"
                      f"{before['requests']} | {after['responses_with_valid_call']}/{after['requests']} |")
         lines.append(f"| `{choice}`: valid calls / calls emitted | {before['valid_calls']}/{before['calls']} | "
                      f"{after['valid_calls']}/{after['calls']} |")
         lines.append(f"| `{choice}`: call attempts left as text | {before['call_attempts_left_as_text']} | "
                      f"{after['call_attempts_left_as_text']} |")
-    before, after = result["before_title"], result["after_title"]
+    before, after = result.get("before_title", missing), result.get("after_title", missing)
     lines.append(f"| title json_schema: parsed / requests | {before['parsed']}/{before['requests']} | "
                  f"{after['parsed']}/{after['requests']} |")
-    lines.append(f"| title json_schema: output tokens (mean) | {before['output_tokens_mean']:.1f} | "
-                 f"{after['output_tokens_mean']:.1f} |")
+    lines.append(f"| title json_schema: output tokens (mean) | {before.get('output_tokens_mean', '–')} | "
+                 f"{after.get('output_tokens_mean', '–')} |")
     speed = result.get("decode_speed")
     if speed:
         lines += ["", f"Decode speed (engine, median of {speed['runs']}): free {speed['free_tok_s']} tok/s, "
