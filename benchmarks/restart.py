@@ -68,10 +68,11 @@ def interactive_fixtures(repo: Path) -> tuple[CapturedRequest, CapturedRequest] 
 
 
 def run_restart(contender: Any, captured: CapturedRequest | None, repo: Path, token: str, max_tokens: int,
-                log: Any) -> dict[str, Any]:
-    """Both rows for one Pensieve contender (restarted several times; it is left running)."""
+                log: Any, rows: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Both rows for one Pensieve contender (restarted several times; it is left running), filled into
+    ``rows`` as each is measured, so an interrupted run still reports the rows it finished."""
     home = contender.ctx.pensieve_home
-    rows: dict[str, Any] = {}
+    rows = {} if rows is None else rows
 
     def replay(request: CapturedRequest, cch: str, workload: str) -> dict[str, Any]:
         sample = contender.replay(replay_request(request, cch, token, max_tokens), workload)

@@ -228,8 +228,8 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
             return
         if restart_only:
             for contender in restarts:
-                results[contender.name]["restart"] = run_restart(contender, captured, REPO, token,
-                                                                 plan.short.max_tokens, log)
+                results[contender.name]["restart"] = rows = {}
+                run_restart(contender, captured, REPO, token, plan.short.max_tokens, log, rows)
             return
         for contender in live:
             if plan.replay and contender.anthropic and captured is not None:
@@ -243,8 +243,8 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
                 results[contender.name]["concurrency"].append(run_concurrent(contender, builder, plan, streams))
             results[contender.name]["peak_rss_bytes"], results[contender.name]["rss_method"] = contender.peak_rss()
         for contender in restarts:  # last: it restarts the server
-            results[contender.name]["restart"] = run_restart(contender, captured, REPO, token,
-                                                             plan.short.max_tokens, log)
+            results[contender.name]["restart"] = rows = {}
+            run_restart(contender, captured, REPO, token, plan.short.max_tokens, log, rows)
     finally:
         for contender in contenders:
             contender.stop()
