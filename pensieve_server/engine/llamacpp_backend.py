@@ -210,7 +210,7 @@ class LlamaCppBackend(Backend):
         sampler = self._make_sampler(params)
         try:
             cached = self._reuse_prefix(tokens)
-            yield PrefixMatch(cached)
+            yield PrefixMatch(cached, min(self.restored_from_disk, cached))
             for start in range(cached, len(tokens), N_BATCH):
                 if cancel.is_set():
                     return

@@ -121,7 +121,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._running[key] = Running(slot, self._make_sampler(params), self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
-        return PrefixMatch(keep)
+        return PrefixMatch(keep, min(self.restored_from_disk, keep))
 
     def release(self, key: Hashable) -> None:
         """End a request; its slot keeps the tokens for the next prompt that shares them."""

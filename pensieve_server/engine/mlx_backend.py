@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pensieve_server.engine.base import (
@@ -228,7 +229,7 @@ class MlxBackend(Backend):
 
         tokens = [int(t) for t in prompt]
         cached = self._reuse_prefix(tokens)
-        yield PrefixMatch(cached)
+        yield PrefixMatch(cached, min(self.restored_from_disk, cached))
         # generate_step's token history starts at the first token it evaluates
         sampler, processors = self._sampling(params, len(tokens) - cached)
 
@@ -266,6 +267,7 @@ class MlxBackend(Backend):
         finally:
             steps.close()
             self._settle(seen)
+            self._offer_to_disk(self._cache, self._live)
 
     def _sampling(self, params: SamplingParams, history_prompt_len: int) -> tuple[Callable[[Any], Any], list[Any]]:
         """mlx-lm's sampler and logits processors for ``params``.
@@ -364,6 +366,10 @@ class MlxBackend(Backend):
                 self._cache = copy.deepcopy(saved.payload)  # the saved copy stays untouched by what comes next
                 self._live = saved.tokens.tolist()
                 shared = saved_shared
+        restored = self._restore_from_disk(prompt, shared)
+        if restored is not None:
+            self._cache, self._live = restored
+            shared = min(common_prefix(self._live, prompt), len(self._live))
         keep = min(shared, len(prompt) - 1)
         if keep < len(self._live):
             if keep > 0 and can_trim_prompt_cache(self._cache):
@@ -386,6 +392,57 @@ class MlxBackend(Backend):
         saved = copy.deepcopy(self._cache)
         mx.eval([layer.state for layer in saved])  # a copy of its own, not a lazy view of the live arrays
         self._saved.add(self._live, saved, size)
+
+    # -- prefix states on disk -----------------------------------------------------------------------
+    def disk_identity(self, weights: Path) -> dict[str, Any]:
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+
+        from pensieve_server import __version__
+        from pensieve_server.engine.disk_states import file_identity
+
+        params = tree_flatten(self._model.parameters()) if self._model is not None else []
+        dtype = str(params[0][1].dtype) if params else "?"
+        return {"engine": "mlx", "version": f"mlx {mx.__version__}, mlx-lm {_mlx_lm_version()}",
+                "converter": __version__, "model": file_identity(weights), "device": self.device, "dtype": dtype,
+                "n_ctx": self.info.context_length, "layout": type(self).__name__}
+
+    def _restore_from_disk(self, prompt: list[int], shared: int) -> tuple[list[Any], list[int]] | None:
+        """``(cache, tokens)`` of the disk state sharing most of ``prompt`` when it beats ``shared``, else None."""
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        from pensieve_server.engine import mlx_states
+
+        disk = self.disk
+        self.restored_from_disk = 0
+        entry, disk_shared = disk.restorable(prompt, shared) if disk is not None else (None, 0)
+        payload = disk.read(entry) if disk is not None and entry is not None else None
+        if disk is None or entry is None or payload is None:
+            return None
+        try:
+            layers = mlx_states.restore(payload)
+        except ValueError as exc:
+            disk.reject(entry, str(exc))
+            return None
+        if int(getattr(layers[0], "offset", -1)) != len(entry.tokens):
+            disk.reject(entry, "its cache does not hold its tokens")
+            return None
+        if disk_shared < len(entry.tokens) and not can_trim_prompt_cache(layers):
+            return None
+        self.restored_from_disk = disk_shared
+        log.info("restored a prefix state of %d tokens from disk", disk_shared)
+        return layers, entry.tokens.tolist()
+
+    def _offer_to_disk(self, layers: list[Any], tokens: list[int]) -> None:
+        """Hand a cache to the disk store when it is long and new enough (packed and written in the background)."""
+        from pensieve_server.engine import mlx_states
+
+        disk = self.disk
+        if disk is None or self._closed or not layers or not disk.wants(tokens):
+            return
+        if int(getattr(layers[0], "offset", -1)) != len(tokens):
+            return
+        disk.save(list(tokens), mlx_states.snapshot(layers))
 
     def _settle(self, seen: list[int]) -> None:
         """Record which tokens the cache really holds after a generation ended, however it ended."""
@@ -414,12 +471,23 @@ class MlxBackend(Backend):
     def close(self) -> None:
         if not self._closed:
             _finish_pending_work()
+            if self.disk is not None:
+                self.disk.close()
             self._closed = True
             self._cache = []
             self._live = []
             self._saved.clear()
             self._pieces.clear()
             self._model = None
+
+
+def _mlx_lm_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("mlx-lm")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _finish_pending_work() -> None:

@@ -95,6 +95,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
             raise EngineError("no free slot")  # the scheduler admits at most `parallel` requests
         tokens = [int(t) for t in prompt]
         cache, cached = self._saved_prefix(tokens)
+        cache, cached = self._disk_prefix(tokens, cache, cached)
         # mlx-lm's token history is the whole prompt (cached part included), then the answer.
         sampler, processors = self._sampling(params, len(tokens))
         (uid,) = self._generator.insert(
@@ -107,7 +108,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         )
         self._running[key] = _Request(uid, cached, self._text_stream())
         self._keys[uid] = key
-        return PrefixMatch(cached)
+        return PrefixMatch(cached, min(self.restored_from_disk, cached))
 
     def step(self) -> dict[Hashable, Step | None]:
         steps: dict[Hashable, Step | None] = {key: None for key, r in self._running.items() if r.ended is not None}
@@ -142,6 +143,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
             removed = self._generator.remove([request.uid], return_prompt_caches=True)
             layers, tokens = removed.get(request.uid, ([], []))
         self._keep(layers, list(tokens))
+        self._offer_to_disk(layers, list(tokens))
         if not self._running:
             self._batch_bytes = 0
 
@@ -161,6 +163,20 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         saved = self._saved.take(index)
         cache = _prefix_cache(saved.payload, keep)
         return (cache, keep) if cache is not None else (None, 0)
+
+    def _disk_prefix(self, tokens: list[int], cache: list[Any] | None, cached: int) -> tuple[list[Any] | None, int]:
+        """The disk state's prefix of ``tokens`` when it beats the ``cached`` one from memory (kept in memory too)."""
+        restored = self._restore_from_disk(tokens, cached)
+        if restored is None:
+            return cache, cached
+        layers, saved = restored
+        keep = min(self.restored_from_disk, len(tokens) - 1)
+        self._saved.add(saved, layers, _nbytes(layers))
+        cut = _prefix_cache(layers, keep)
+        if cut is None:
+            self.restored_from_disk = 0
+            return cache, cached
+        return cut, keep
 
     def _keep(self, layers: list[Any], tokens: list[int]) -> None:
         """Save a finished request's cache for later prompts that share its tokens."""
