@@ -178,7 +178,6 @@ class LlamaCppBackend(Backend):
             memo.move_to_end(text)
         return list(tokens)
 
-
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", errors="replace")
 

@@ -21,6 +21,7 @@ import pytest
 from pensieve_server.engine.base import Backend, PrefixMatch, SamplingParams
 from pensieve_server.engine.disk_states import SUFFIX, DiskStates
 from pensieve_server.models.store import ModelStore
+from tests.raw_reference import assert_greedy_path, raw_engine, vocab
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = 2048
@@ -90,6 +91,25 @@ def answer(backend: Backend, question: str) -> tuple[list[int], int, int]:
     return tokens, cached, from_disk
 
 
+def assert_same_greedy_answer(kind: str, models: Path, question: str, restored: list[int],
+                              cold: list[int]) -> None:
+    """Restored and cold answers agree: identical, or both greedy paths of the raw engine.
+
+    A restored prefix was computed in another batch layout than a cold prefill, and rounding noise
+    may flip a near-tie of this 135M model on some CPU; a wrong or foreign state would not stay on
+    the raw engine's greedy path at all.
+    """
+    if restored == cold:
+        return
+    words = vocab()
+    raw = raw_engine(kind, ModelStore(models).derived_dir(ModelStore(models).embedded(), "mlx"))
+    prompt = words.tokenize(chat(question))
+    for tokens in (restored, cold):
+        ended = bool(tokens) and tokens[-1] in words.stop_tokens
+        text = b"".join(words.piece(t) for t in tokens if t not in words.stop_tokens).decode(errors="replace")
+        assert_greedy_path(raw, prompt, text, "end_turn" if ended else "max_tokens")
+
+
 def write_state(kind: str, models: str, folder: str) -> None:
     """The child process: answer FIRST and save its state to ``folder``."""
     backend, weights = load(kind, Path(models))
@@ -134,7 +154,7 @@ def test_a_state_saved_by_another_process_restores_with_identical_output(kind: s
     finally:
         reference.close()
     assert cold == 0
-    assert with_restore == without, "restoring the prefix from disk changed the greedy answer"
+    assert_same_greedy_answer(kind, models, SECOND, with_restore, without)
 
 
 def test_a_corrupt_state_is_skipped_and_the_answer_is_unchanged(models: Path, tmp_path: Path,
@@ -160,4 +180,4 @@ def test_a_corrupt_state_is_skipped_and_the_answer_is_unchanged(models: Path, tm
         clean, _, _ = answer(reference, SECOND)
     finally:
         reference.close()
-    assert damaged == clean
+    assert_same_greedy_answer("llamacpp", models, SECOND, damaged, clean)
