@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +54,27 @@ class Running:
     decoder: Any
     first: bool = True
     constraint: ConstrainedRun | None = None
+
+
+def prefill_plan(running: Iterable[tuple[Hashable, Running]], budget: int) -> tuple[list[tuple[Hashable, Running]], int]:
+    """The order of one step's rows and its prompt-token budget.
+
+    Decoding requests come first (one token each); prompts follow shortest remaining prefill first.
+    When the shortest prompts can finish their prefill in this step, the step carries only them (and
+    others at most twice as long), no chunk of longer ones: a warm turn with a few new tokens then
+    gets its first token after a small step instead of waiting behind a side request's cold chunk
+    (Claude Code sends its title request 1-5 ms before the turn). Longer prompts go on next step.
+    """
+    order = sorted(running, key=lambda kv: (len(kv[1].pending) > 1, len(kv[1].pending)))
+    prompts = [len(r.pending) for _, r in order if len(r.pending) > 1]
+    if not prompts or prompts[0] > budget:
+        return order, budget
+    finishing = 0
+    for size in prompts:
+        if size > 2 * prompts[0] or finishing + size > budget:
+            break
+        finishing += size
+    return order, finishing if finishing < sum(prompts) else budget
 
 
 class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
@@ -143,9 +164,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         n = 0
         rows: list[tuple[Hashable, Running, int]] = []
         full: dict[Hashable, Step | None] = {}
-        budget = N_BATCH
-        # Decoding requests first (one token each), then prompt chunks in arrival order.
-        order = sorted(self._running.items(), key=lambda kv: len(kv[1].pending) > 1)
+        order, budget = prefill_plan(self._running.items(), N_BATCH)
         for key, running in order:
             slot = running.slot
             if len(slot.tokens) + 1 >= running.context_limit:
