@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pensieve_cli import ui
 from pensieve_cli.commands.serve import SERVE_FLAGS, add_server_flags
@@ -322,26 +323,25 @@ def run_logs(args: argparse.Namespace) -> int:
 
 
 def follow(path: Path, interval: float = 0.3, until: float | None = None) -> None:
-    """Print lines appended to ``path`` as they come; reopen it when it is rotated or truncated."""
+    """Print lines appended to ``path`` as they come; on rotation, finish the old file and every
+    newer backup (several rotations can pass between two polls on a busy log) before the new one."""
     handle = open(path, "rb")  # noqa: SIM115 - reopened on rotation
     try:
         handle.seek(0, os.SEEK_END)
         inode = os.fstat(handle.fileno()).st_ino
         while until is None or time.monotonic() < until:
-            chunk = handle.read()
-            if chunk:
-                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                sys.stdout.flush()
+            if _print_new(handle.read()):
                 continue
             try:
                 st = path.stat()
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_ino != inode or st.st_size < handle.tell()):
-                rest = handle.read()  # written to the old file just before it was rotated
-                if rest and st.st_ino != inode:
-                    sys.stdout.write(rest.decode("utf-8", errors="replace"))
-                    sys.stdout.flush()
+                if st.st_ino != inode:
+                    _print_new(handle.read())  # written to the old file just before it was rotated
+                    for newer in _backups_newer_than(path, inode):
+                        with newer:
+                            _print_new(newer.read())
                 handle.close()
                 handle = open(path, "rb")  # noqa: SIM115
                 inode = os.fstat(handle.fileno()).st_ino
@@ -349,3 +349,26 @@ def follow(path: Path, interval: float = 0.3, until: float | None = None) -> Non
             time.sleep(interval)
     finally:
         handle.close()
+
+
+def _print_new(chunk: bytes) -> bool:
+    if chunk:
+        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+        sys.stdout.flush()
+    return bool(chunk)
+
+
+def _backups_newer_than(path: Path, inode: int) -> list[BinaryIO]:
+    """Open the backups (``path.1`` newest … ``path.N``) rotated after the file with ``inode``,
+    oldest first; all of them when that file has already been rotated away."""
+    opened: list[BinaryIO] = []
+    for n in itertools.count(1):
+        try:
+            handle = open(path.with_name(f"{path.name}.{n}"), "rb")  # noqa: SIM115 - closed by the caller
+        except OSError:
+            break
+        if os.fstat(handle.fileno()).st_ino == inode:
+            handle.close()
+            break
+        opened.append(handle)
+    return opened[::-1]

@@ -219,6 +219,35 @@ def test_logs_follow_survives_rotation(tmp_path: Path, capsys: pytest.CaptureFix
     assert out == "appended\nafter rotation\n"
 
 
+def test_logs_follow_loses_nothing_when_the_log_rotates_twice_between_polls(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("old\n")
+    started = threading.Event()
+
+    def write() -> None:
+        started.wait()
+        with open(log, "a") as handle:
+            handle.write("a\n")
+        for text in ("b\n", "c\n", "d\n"):  # three rotations inside one poll interval
+            daemon.rotate_log(log, max_bytes=0)
+            log.write_text(text)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        started.set()
+        writer.join()  # every rotation happens while follow sleeps
+        real_sleep(seconds)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(daemon_command.time, "sleep", sleep)
+        daemon_command.follow(log, interval=0.01, until=time.monotonic() + 0.5)
+    assert capsys.readouterr().out == "a\nb\nc\nd\n"
+
+
 def test_failure_reason_prefers_the_cli_error_line() -> None:
     text = "INFO starting\npensieve: port 7777 on 127.0.0.1 is already in use: is Pensieve already running?\n"
     assert daemon.failure_reason(text).startswith("port 7777 on 127.0.0.1 is already in use")
