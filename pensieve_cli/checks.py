@@ -437,7 +437,7 @@ def effective_auth(ctx: Context) -> tuple[str, str, str]:
 
 
 def check_token(ctx: Context) -> Check:
-    from pensieve_server.secrets import fingerprint
+    from pensieve_server.auth_token import fingerprint
 
     if ctx.claude_settings()[0] is None:
         return Check("token", SKIP, "skipped: settings.json cannot be read")
@@ -489,7 +489,7 @@ def check_shell_env(ctx: Context) -> Check:
     """Claude Code variables in this shell. settings.json ``env`` wins over them (measured with Claude
     Code 2.1), so a different value there is only a warning; one the file does not set is used as is."""
     from pensieve_cli.claude_env import ENV_KEYS, env_for_settings
-    from pensieve_server.secrets import fingerprint
+    from pensieve_server.auth_token import fingerprint
 
     file_env = ctx.claude_env_file()
     wanted = env_for_settings(ctx.settings, ctx.settings.auth_token)

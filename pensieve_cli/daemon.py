@@ -407,7 +407,7 @@ def wait_until_healthy(base_url: str, proc: subprocess.Popen, log_path: Path, lo
 
 def start_background(settings: Settings, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
     """Start the server detached and wait until it answers; returns what ``status --json`` shows."""
-    from pensieve_server.secrets import ensure_token
+    from pensieve_server.auth_token import ensure_token
 
     paths = settings.paths
     if settings.port == 0:

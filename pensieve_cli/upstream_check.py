@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pensieve_server.secrets import fingerprint
+from pensieve_server.auth_token import fingerprint
 from pensieve_server.upstream import DISCOVER
 
 if TYPE_CHECKING:

@@ -242,7 +242,7 @@ def load_settings(
     """Resolve settings: defaults < config file < PENSIEVE_* env < ``overrides`` (CLI flags).
 
     ``None`` values in ``overrides`` mean "flag not given". The auth token, when empty
-    everywhere, is read from the 0600 token file (see :mod:`pensieve_server.secrets`).
+    everywhere, is read from the 0600 token file (see :mod:`pensieve_server.auth_token`).
     """
     env = os.environ if environ is None else environ
     paths = Paths.resolve(env)
@@ -266,7 +266,7 @@ def load_settings(
         values[option.name] = value
         sources[option.name] = source
     if not values["auth_token"]:
-        from pensieve_server.secrets import read_token
+        from pensieve_server.auth_token import read_token
 
         token = read_token(paths.token_file)
         if token:

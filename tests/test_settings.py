@@ -33,7 +33,7 @@ def test_file_beats_default_env_beats_file_flag_beats_env(monkeypatch):
 
 
 def test_auth_token_env_overrides_token_file(monkeypatch):
-    from pensieve_server.secrets import ensure_token
+    from pensieve_server.auth_token import ensure_token
 
     stored = ensure_token(Paths.resolve().token_file)
     assert load_settings().auth_token == stored
@@ -42,7 +42,7 @@ def test_auth_token_env_overrides_token_file(monkeypatch):
 
 
 def test_token_file_is_private():
-    from pensieve_server.secrets import ensure_token
+    from pensieve_server.auth_token import ensure_token
 
     path = Paths.resolve().token_file
     token = ensure_token(path)

@@ -13,7 +13,7 @@ from pensieve_cli import ui
 from pensieve_cli.claude_env import env_for_settings, format_lines
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import ExitStatus
-from pensieve_server.secrets import ensure_token
+from pensieve_server.auth_token import ensure_token
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import json
 
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
-from pensieve_server.secrets import fingerprint
+from pensieve_server.auth_token import fingerprint
 from pensieve_server.settings import OPTIONS, OPTIONS_BY_NAME, SECRET_OPTIONS, Paths
 
 

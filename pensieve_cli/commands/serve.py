@@ -64,12 +64,12 @@ def configure_logging(level: str, args: argparse.Namespace | None = None) -> Non
 
 def run(args: argparse.Namespace) -> int:
     from pensieve_server.app import create_app
+    from pensieve_server.auth_token import ensure_token
     from pensieve_server.bind_policy import BindRefused, check_bind
     from pensieve_server.engine.base import EngineError
     from pensieve_server.engine.pool import ModelPool
     from pensieve_server.models.store import ModelStore
     from pensieve_server.runner import PortInUse, build_server, serve_forever
-    from pensieve_server.secrets import ensure_token
 
     settings = settings_from_args(args, SERVE_FLAGS)
     configure_logging(settings.log_level, args)

@@ -34,8 +34,8 @@ from pensieve_cli.claude_env import env_for_settings
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_cli.upstream_setup import UpstreamChoice, add_flags, choose_upstream, wants_upstream
+from pensieve_server.auth_token import generate_token, read_token, write_private
 from pensieve_server.models import catalog
-from pensieve_server.secrets import generate_token, read_token, write_private
 from pensieve_server.settings import TIERS, Settings
 from pensieve_server.units import format_size
 

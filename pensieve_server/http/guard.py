@@ -8,8 +8,8 @@ import time
 from flask import Flask, Response, g, request
 
 from pensieve_server.anthropic.errors import AuthenticationError, PermissionDenied
+from pensieve_server.auth_token import tokens_match
 from pensieve_server.bind_policy import WILDCARD_HOSTS
-from pensieve_server.secrets import tokens_match
 from pensieve_server.settings import Settings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})

@@ -86,9 +86,9 @@ def test_serve_on_loopback_does_not_warn(monkeypatch: pytest.MonkeyPatch, caplog
 def test_serve_refuses_exposed_bind_without_token(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Defence in depth: if no token can be had, an exposed bind must stop, not serve without auth."""
-    import pensieve_server.secrets
+    import pensieve_server.auth_token
 
-    monkeypatch.setattr(pensieve_server.secrets, "ensure_token", lambda path: "")
+    monkeypatch.setattr(pensieve_server.auth_token, "ensure_token", lambda path: "")
     status, captured = run_serve_command(monkeypatch, ["--host", "0.0.0.0", "--port", "0"])
     assert status != 0 and captured["app"] is None
     assert "token" in capsys.readouterr().err

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pensieve_server.auth_token import TOKEN_PREFIX, ensure_token, fingerprint, generate_token, write_private
 from pensieve_server.engine.scripted import ScriptedBackend
-from pensieve_server.secrets import TOKEN_PREFIX, ensure_token, fingerprint, generate_token, write_private
 from pensieve_server.settings import load_settings
 from tests.security import assert_anthropic_error, run_serve_command
 from tests.serverutil import RunningServer, running_server
