@@ -3,6 +3,10 @@
 llama-cpp-python's default is half the logical CPUs (it assumes hyper-threading): on a 2-core
 machine without it, that is one thread, and decode ran at 65 tok/s instead of 93 (SmolLM2-135M,
 measured here). llama.cpp's own server uses one thread per physical core; so do we.
+
+Where every layer is on a GPU the CPU threads only launch kernels and wait: on an H200 one thread
+stepped the batched engine as fast as sixteen, and sixteen spinning threads took the cores that the
+HTTP and client threads needed (4 streams through the server: 0.88x one stream). Then a few do.
 """
 
 from __future__ import annotations
@@ -51,6 +55,14 @@ def default_compute_threads() -> int:
     return max(1, round(usable * physical / logical))  # hyper-threads add little to matrix work
 
 
-def compute_threads(configured: int) -> int:
-    """The ``compute_threads`` setting, with 0 meaning the default above."""
-    return configured if configured > 0 else default_compute_threads()
+# llama.cpp threads when every layer is offloaded to a GPU (benchmarks/results/2026-12-02-h200-streams.md).
+GPU_COMPUTE_THREADS = 2
+
+
+def compute_threads(configured: int, all_layers_on_gpu: bool = False) -> int:
+    """The ``compute_threads`` setting; 0 means the default above, or a few threads when the GPU computes."""
+    if configured > 0:
+        return configured
+    if all_layers_on_gpu:
+        return min(GPU_COMPUTE_THREADS, usable_cpus())
+    return default_compute_threads()

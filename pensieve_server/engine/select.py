@@ -135,7 +135,10 @@ def load_backend(
         raise ModelLoadError("the upstream engine forwards to upstream_url and loads no local model; "
                              "the model pool loads upstream models itself")
     resolve_engine(engine, entry)  # the same clear error for a format the engine cannot run
-    threads = cpu.compute_threads(compute_threads)
+    # Asking whether llama.cpp offloads also loads its libraries before numpy's (the other way round a CUDA
+    # build crashed while loading); with every layer on the GPU a few CPU threads compute as fast as all.
+    on_gpu = engine == "llamacpp" and llamacpp_on_gpu()
+    threads = cpu.compute_threads(compute_threads, all_layers_on_gpu=on_gpu)
     if parallel <= 0:
         from pensieve_server.engine.parallel import auto_parallel
 
