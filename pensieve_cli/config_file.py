@@ -39,10 +39,7 @@ CONFIG_MODE = 0o600  # may hold the API token or an upstream key
 
 def read_values(paths: Paths) -> dict[str, Any]:
     """The file's settings as flat dotted keys (``tiers.haiku``); a missing file is empty."""
-    try:
-        return read_config_file(paths.config_file)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    return read_config_file(paths.config_file)
 
 
 def convert(values: Mapping[str, object | None]) -> dict[str, Any]:
@@ -84,8 +81,8 @@ def _without(raw: bytes | None, keys: list[str], label: str) -> bytes | None:
 def set_values(paths: Paths, values: Mapping[str, object | None]) -> dict[str, Any]:
     """Merge ``values`` into config.toml (None: remove the key); returns the converted values written.
 
-    Raises ConfigError for an unknown key or a bad value (nothing is written), CliError when the
-    file cannot be read, parsed or written.
+    Raises ConfigError for an unknown key or a bad value (nothing is written), ConfigFileError or
+    CliError when the file cannot be read, parsed or written.
     """
     converted = convert(values)
     path = paths.config_file
@@ -104,7 +101,5 @@ def set_values(paths: Paths, values: Mapping[str, object | None]) -> dict[str, A
             atomic_write(target, after or b"", CONFIG_MODE, snap.owner)
             return converted
         raise ConfigFileError(f"{display(path)} kept changing while Pensieve was writing it; try again")
-    except ConfigFileError as exc:
-        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot write {display(path)}: {exc.strerror or exc}") from None

@@ -6,8 +6,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from pensieve_cli.errors import CliError, ExitStatus
-from pensieve_server.settings import ConfigError, Settings, load_settings
+from pensieve_server.settings import Settings, load_settings
 
 
 def settings_from_args(args: argparse.Namespace, flags: Mapping[str, str] | None = None) -> Settings:
@@ -15,7 +14,4 @@ def settings_from_args(args: argparse.Namespace, flags: Mapping[str, str] | None
     overrides: dict[str, Any] = {}
     for setting, attribute in (flags or {}).items():
         overrides[setting] = getattr(args, attribute, None)
-    try:
-        return load_settings(overrides)
-    except ConfigError as exc:
-        raise CliError(str(exc), ExitStatus.USAGE) from None
+    return load_settings(overrides)  # a ConfigError exits with USAGE (main.exit_statuses)

@@ -90,6 +90,40 @@ def add_global_flags(subparsers: argparse._SubParsersAction) -> None:
                 add_global_flags(action)
 
 
+def exit_statuses() -> tuple[tuple[type[BaseException], ExitStatus], ...]:
+    """The one table from an error a command lets through to its exit status; the first match wins.
+
+    Commands raise their library's error as it is; main prints its message as one plain line. The
+    types are imported here, on the error path only, so that `pensieve --help` stays quick.
+    """
+    from pensieve_cli.claude_config import ConfigFileError, NothingToUndo
+    from pensieve_server.bind_policy import BindRefused
+    from pensieve_server.engine.base import EngineError
+    from pensieve_server.models.hub import HubNotFound
+    from pensieve_server.models.store import ModelError, ModelNotFound
+    from pensieve_server.runner import PortInUse
+    from pensieve_server.settings import ConfigError
+
+    return (
+        (NothingToUndo, ExitStatus.NOT_FOUND),  # `setup --undo` with no journal
+        (ConfigFileError, ExitStatus.ERROR),  # ~/.claude.json or settings.json unreadable or unwritable
+        (ConfigError, ExitStatus.USAGE),  # a bad setting: flag, env, config.toml or `config set`
+        (BindRefused, ExitStatus.USAGE),  # an exposed bind without a token
+        (PortInUse, ExitStatus.ERROR),
+        (EngineError, ExitStatus.NOT_FOUND),  # the default model cannot be found or loaded
+        (ModelNotFound, ExitStatus.NOT_FOUND),
+        (HubNotFound, ExitStatus.NOT_FOUND),  # no such repo, revision or file on the Hub
+        (ModelError, ExitStatus.ERROR),
+    )
+
+
+def exit_status(exc: BaseException) -> ExitStatus | None:
+    """``exc``'s exit status, or None for an error no command expects (a bug: main says so)."""
+    if isinstance(exc, CliError):
+        return exc.status
+    return next((status for kind, status in exit_statuses() if isinstance(exc, kind)), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -98,11 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.OK
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
-        if args.verbose or os.environ.get("PENSIEVE_TRACEBACK"):
-            raise
-        print(f"pensieve: {exc.message}", file=sys.stderr)
-        return int(exc.status)
     except KeyboardInterrupt:
         print("pensieve: interrupted", file=sys.stderr)
         return ExitStatus.INTERRUPTED
@@ -114,8 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user unless asked
         if args.verbose or os.environ.get("PENSIEVE_TRACEBACK"):
             raise
-        print(f"pensieve: unexpected error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
-        return ExitStatus.ERROR
+        status = exit_status(exc)
+        if status is None:
+            print(f"pensieve: unexpected error: {type(exc).__name__}: {exc} (run with -v for details)",
+                  file=sys.stderr)
+            return ExitStatus.ERROR
+        print(f"pensieve: {exc}", file=sys.stderr)
+        return int(status)
 
 
 def entry() -> None:

@@ -13,10 +13,10 @@ import time
 from typing import TextIO
 
 from pensieve_cli import ui
-from pensieve_cli.errors import CliError, ExitStatus
+from pensieve_cli.errors import ExitStatus
 from pensieve_server.models import hub
-from pensieve_server.models.hub import HubNotFound, Progress, PullPlan
-from pensieve_server.models.store import ModelError, ModelStore
+from pensieve_server.models.hub import Progress, PullPlan
+from pensieve_server.models.store import ModelStore
 from pensieve_server.settings import Paths
 from pensieve_server.units import format_size
 
@@ -144,7 +144,7 @@ def _describe(plan: PullPlan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Pull ``args.spec`` (alias or owner/name[:quant]) into the model store; ModelError → CliError."""
+    """Pull ``args.spec`` (alias or owner/name[:quant]) into the model store; a ModelError exits through main's table."""
     quiet = bool(getattr(args, "quiet", False))
     if not getattr(args, "verbose", False):
         _quiet_library_logs()
@@ -162,10 +162,6 @@ def run(args: argparse.Namespace) -> int:
         if not quiet:
             view = ProgressView(sys.stderr, ui.is_tty(sys.stderr))
         entry = hub.download(store, plan, progress=view)
-    except HubNotFound as exc:
-        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
-    except ModelError as exc:
-        raise CliError(str(exc)) from None
     except KeyboardInterrupt:
         if view is not None:
             view.close()

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from pensieve_cli.context import settings_from_args
-from pensieve_cli.errors import CliError, ExitStatus
+from pensieve_cli.errors import ExitStatus
 from pensieve_server.auth_token import fingerprint
 from pensieve_server.settings import OPTIONS, OPTIONS_BY_NAME, SECRET_OPTIONS, Paths
 
@@ -78,14 +78,11 @@ def run_get(args: argparse.Namespace) -> int:
 
 def run_set(args: argparse.Namespace) -> int:
     from pensieve_cli.config_file import set_values
-    from pensieve_server.settings import ConfigError, coerce
+    from pensieve_server.settings import coerce
 
     option = OPTIONS_BY_NAME[args.key]
-    try:
-        value = coerce(option, args.value, args.key)
-        set_values(Paths.resolve(), {args.key: value})
-    except ConfigError as exc:
-        raise CliError(str(exc), ExitStatus.USAGE) from None
+    value = coerce(option, args.value, args.key)
+    set_values(Paths.resolve(), {args.key: value})
     if not args.quiet:
         print(f"{args.key} = {_display(args.key, value)}")
     return ExitStatus.OK

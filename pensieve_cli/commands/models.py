@@ -18,8 +18,8 @@ from pensieve_cli.context import settings_from_args
 from pensieve_cli.errors import CliError, ExitStatus
 from pensieve_server.models import catalog
 from pensieve_server.models.formats.engines import engines_for
-from pensieve_server.models.store import ModelEntry, ModelError, ModelNotFound, ModelStore
-from pensieve_server.settings import TIERS, ConfigError, Settings
+from pensieve_server.models.store import ModelEntry, ModelNotFound, ModelStore
+from pensieve_server.settings import TIERS, Settings
 from pensieve_server.units import format_size
 
 FMT = argparse.RawDescriptionHelpFormatter
@@ -135,22 +135,17 @@ def _get(store: ModelStore, name: str) -> ModelEntry:
     """The installed model, or a NOT_FOUND error that says how to get it."""
     try:
         return store.get(name)
-    except ModelNotFound as exc:
+    except ModelNotFound:
         if catalog.get(name) is not None:
             raise CliError(f"{name} is not downloaded yet; run `pensieve models pull {name}`",
                            ExitStatus.NOT_FOUND) from None
-        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
-    except ModelError as exc:
-        raise CliError(str(exc), ExitStatus.USAGE) from None
+        raise
 
 
 def _write_config(settings: Settings, values: dict[str, object | None]) -> None:
     from pensieve_cli.config_file import set_values
 
-    try:
-        set_values(settings.paths, values)
-    except ConfigError as exc:
-        raise CliError(str(exc), ExitStatus.USAGE) from None
+    set_values(settings.paths, values)
 
 
 def _describe(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
@@ -245,8 +240,6 @@ def run_rm(args: argparse.Namespace) -> int:
             return ExitStatus.OK
     try:
         store.remove(entry.name)
-    except ModelError as exc:
-        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot remove {store.folder(entry.name)}: {exc.strerror or exc}") from None
     derived = store.root / ".derived"
@@ -349,10 +342,6 @@ def run_import(args: argparse.Namespace) -> int:
     progress = _CopyProgress(not args.quiet and ui.is_tty(sys.stderr))
     try:
         entry = import_model(_store(settings), args.path, args.name, progress)
-    except ModelNotFound as exc:
-        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
-    except ModelError as exc:
-        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot import {args.path}: {exc.strerror or exc}") from None
     finally:

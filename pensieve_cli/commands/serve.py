@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pensieve_cli.context import settings_from_args
 from pensieve_cli.daemon import LOG_KEEP, LOG_MAX_BYTES
-from pensieve_cli.errors import CliError, ExitStatus
+from pensieve_cli.errors import ExitStatus
 
 SERVE_FLAGS = {"host": "host", "port": "port", "default_model": "model", "engine": "engine",
                "context_length": "context_length", "parallel": "parallel", "log_level": "log_level"}
@@ -65,41 +65,36 @@ def configure_logging(level: str, args: argparse.Namespace | None = None) -> Non
 def run(args: argparse.Namespace) -> int:
     from pensieve_server.app import create_app
     from pensieve_server.auth_token import ensure_token
-    from pensieve_server.bind_policy import BindRefused, check_bind
+    from pensieve_server.bind_policy import check_bind
     from pensieve_server.engine.base import EngineError
     from pensieve_server.engine.pool import ModelPool
     from pensieve_server.models.store import ModelStore
-    from pensieve_server.runner import PortInUse, build_server, serve_forever
+    from pensieve_server.runner import build_server, serve_forever
 
     settings = settings_from_args(args, SERVE_FLAGS)
     configure_logging(settings.log_level, args)
     log = logging.getLogger("pensieve")
     if not settings.auth_token:
         settings = settings.replace(auth_token=ensure_token(settings.paths.token_file))
-    try:
-        warning = check_bind(settings.host, settings.auth_token)
-    except BindRefused as exc:
-        raise CliError(str(exc), ExitStatus.USAGE) from None
+    warning = check_bind(settings.host, settings.auth_token)
     if warning:
         log.warning("%s", warning)
     store = ModelStore(settings.paths.models_dir)
     pool = ModelPool(settings, store)
+    app = create_app(settings, pool)
+    server = build_server(app, settings)
     try:
-        server = build_server(create_app(settings, pool), settings)
-    except PortInUse as exc:
-        raise CliError(str(exc)) from None
-    try:
-        model = pool.get(settings.default_model)
-    except EngineError as exc:
+        model = app.extensions["pensieve"].provider.preload(settings.default_model)
+    except EngineError:
         server.close()
-        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
+        raise
     print(
-        f"Pensieve serving {model.entry.name} on {model.engine} ({model.backend.device}) "
+        f"Pensieve serving {model.name} on {model.engine} ({model.device}) "
         f"at {settings.base_url} — Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
     )
-    serve_forever(server, on_stop=pool.close)
+    serve_forever(server, on_stop=app.extensions["pensieve"].provider.close)
     return ExitStatus.OK
 
 

@@ -19,10 +19,8 @@ from pensieve_cli import ui
 from pensieve_cli.claude_config import (
     Change,
     ClaudePaths,
-    ConfigFileError,
     ConfigWriter,
     Edit,
-    NothingToUndo,
     display,
     json_transform,
     toml_transform,
@@ -237,12 +235,7 @@ def run_undo(args: argparse.Namespace) -> int:
         raise CliError("--undo cannot be combined with --dry-run, --model, --port, --start or --upstream",
                        ExitStatus.USAGE)
     settings = settings_from_args(args)
-    try:
-        restored = ConfigWriter(settings.paths.backups_dir).undo()
-    except NothingToUndo as exc:
-        raise CliError(str(exc), ExitStatus.NOT_FOUND) from None
-    except ConfigFileError as exc:
-        raise CliError(str(exc)) from None
+    restored = ConfigWriter(settings.paths.backups_dir).undo()
     for item in restored:
         if not args.quiet:
             ui.success(f"{item.action} {display(item.path)}")
@@ -270,10 +263,7 @@ def run(args: argparse.Namespace) -> int:
     token = token or generate_token()  # written only once the person agrees to the change
 
     writer = ConfigWriter(settings.paths.backups_dir)
-    try:
-        changes = writer.plan(edits_for(settings, choices, token))
-    except ConfigFileError as exc:
-        raise CliError(str(exc)) from None
+    changes = writer.plan(edits_for(settings, choices, token))
     target = settings.replace(port=choices.port, default_model=choices.model)
     secrets = (choices.upstream.api_key, settings.upstream_api_key) if choices.upstream else ()
     if not any(c.changed for c in changes):
@@ -306,10 +296,7 @@ def apply_changes(args: argparse.Namespace, writer: ConfigWriter, settings: Sett
         except OSError as exc:
             raise CliError(f"{write_error(token_file, exc)} — nothing was changed") from None
     token = settings.auth_token or read_token(token_file)  # another process may have made one meanwhile
-    try:
-        made = writer.apply(edits_for(settings, choices, token))
-    except ConfigFileError as exc:
-        raise CliError(str(exc)) from None
+    made = writer.apply(edits_for(settings, choices, token))
     if not args.quiet:
         for change in made:
             ui.success(f"{'updated' if change.before is not None else 'created'} {display(change.path)}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pensieve_cli.claude_config import ConfigFileError
 from pensieve_cli.config_file import read_values, set_values
-from pensieve_cli.errors import CliError
 from pensieve_cli.main import main
 from pensieve_server.settings import OPTIONS, ConfigError, Paths, load_settings
 
@@ -94,7 +94,7 @@ def test_invalid_toml_is_one_clear_error_and_left_alone() -> None:
     path = config_path()
     path.parent.mkdir(parents=True)
     path.write_text("port = = 1\n")
-    with pytest.raises(CliError, match="not valid TOML"):
+    with pytest.raises(ConfigFileError, match="not valid TOML"):
         set_values(Paths.resolve(), {"port": 1})
     assert path.read_text() == "port = = 1\n"
 
@@ -109,7 +109,7 @@ def test_read_only_mode_bits_refused_even_for_root() -> None:
     set_values(Paths.resolve(), {"port": 8080})
     config_path().chmod(0o400)
     try:
-        with pytest.raises(CliError, match="read-only"):
+        with pytest.raises(ConfigFileError, match="read-only"):
             set_values(Paths.resolve(), {"port": 8081})
     finally:
         config_path().chmod(0o600)

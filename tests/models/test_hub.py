@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pensieve_cli.errors import CliError, ExitStatus
+from pensieve_cli.errors import ExitStatus
+from pensieve_cli.main import exit_status
 from pensieve_cli.model_pull import ProgressView, run
 from pensieve_server.models import catalog, hub, importer
 from pensieve_server.models.hub import HubNotFound, Progress
@@ -350,18 +351,18 @@ def test_cli_quiet_prints_only_the_name(standin: StandinHub, capsys: pytest.Capt
 
 
 def test_cli_errors_are_one_line_with_their_exit_status(standin: StandinHub) -> None:
-    with pytest.raises(CliError) as info:
+    with pytest.raises(ModelError) as info:
         run(args("acme/nope"))
-    assert info.value.status == ExitStatus.NOT_FOUND and "\n" not in info.value.message
+    assert exit_status(info.value) == ExitStatus.NOT_FOUND and "\n" not in str(info.value)
     standin.fail[MLX] = 401
-    with pytest.raises(CliError) as info:
+    with pytest.raises(ModelError) as info:
         run(args(MLX))
-    assert info.value.status == ExitStatus.ERROR and "HF_TOKEN missing or invalid" in info.value.message
+    assert exit_status(info.value) == ExitStatus.ERROR and "HF_TOKEN missing or invalid" in str(info.value)
 
 
 def test_cli_reports_a_resume(standin: StandinHub, capsys: pytest.CaptureFixture[str]) -> None:
     standin.drops[WEIGHTS] = Drop(after=100_000, times=100)
-    with pytest.raises(CliError, match="run the same command again to resume"):
+    with pytest.raises(ModelError, match="run the same command again to resume"):
         run(args(MLX))
     standin.drops.clear()
     capsys.readouterr()
