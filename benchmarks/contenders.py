@@ -51,6 +51,7 @@ class Context:
     token: str = "bench"
     startup_timeout_s: float = 600.0
     request_timeout_s: float = 900.0
+    pensieve_env: dict[str, str] = field(default_factory=dict)  # PENSIEVE_* settings given to Pensieve's server
 
     @property
     def pensieve_home(self) -> Path:
@@ -344,8 +345,8 @@ class Pensieve(ServerContender):
                 "--host", LOOPBACK, "--port", str(port), "--parallel", "4"]
 
     def env(self) -> dict[str, str]:
-        return child_env({"PENSIEVE_HOME": str(self.ctx.pensieve_home), "PENSIEVE_AUTH_TOKEN": self.ctx.token},
-                         repo=self.ctx.repo)
+        return child_env({"PENSIEVE_HOME": str(self.ctx.pensieve_home), "PENSIEVE_AUTH_TOKEN": self.ctx.token,
+                          **self.ctx.pensieve_env}, repo=self.ctx.repo)
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-api-key": self.ctx.token, "anthropic-version": "2023-06-01"}

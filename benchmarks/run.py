@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"output tokens (default {MAX_TOKENS})")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="llama.cpp threads for raw-llamacpp and llama-cpp-server (default: all cores)")
+    parser.add_argument("--pensieve-compute-threads", type=int,
+                        help="Pensieve's compute_threads setting (default: its own default, 0)")
     parser.add_argument("--machine", help="machine label in the file name (default: host name)")
     parser.add_argument("--claude-code-fixture", type=Path, help="captured Claude Code request (default: tests/fixtures/claude-code/)")
     parser.add_argument("--mlx-folder", type=Path, help="an existing MLX conversion (default: Pensieve's converter)")
@@ -260,8 +262,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def prepare(args: argparse.Namespace, work_dir: Path, gguf: Path, builder: PromptBuilder) -> tuple[Context, list[str]]:
     """Contender context, MLX conversion (only if an MLX contender runs) and notes for the report."""
     ctx = Context(repo=REPO, work_dir=work_dir, gguf=gguf, count=builder.count, threads=args.threads)
+    pensieve_threads = "on its own defaults"
+    if args.pensieve_compute_threads is not None:
+        ctx.pensieve_env["PENSIEVE_COMPUTE_THREADS"] = str(args.pensieve_compute_threads)
+        pensieve_threads = f"with compute_threads = {args.pensieve_compute_threads}"
     notes = [f"model: {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB), context {ctx.n_ctx} tokens",
-             f"llama.cpp threads for raw-llamacpp and llama-cpp-server: {ctx.threads}; Pensieve on its own defaults"]
+             f"llama.cpp threads for raw-llamacpp and llama-cpp-server: {ctx.threads}; Pensieve {pensieve_threads}"]
     if any(CONTENDERS[n].engine == "mlx" for n in args.names):
         log("preparing the MLX conversion…")
         ctx.mlx_folder, ctx.mlx_note = resolve_mlx_folder(ctx.pensieve_home, args.mlx_folder)
