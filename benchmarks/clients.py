@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+
+from pensieve_server.upstream.client import sse_events  # the product's one SSE parser
 
 
 @dataclass
@@ -92,25 +93,6 @@ class StreamTimes:
         )
 
 
-def iter_sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs of a text/event-stream response, yielded as each event completes."""
-    event, data = "message", []
-    for line in response.iter_lines():
-        if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "message", []
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-    if data:
-        yield event, "\n".join(data)
-
-
 def _http_error(response: httpx.Response) -> str:
     response.read()
     return f"HTTP {response.status_code}: {response.text[:300]}"
@@ -124,7 +106,7 @@ def anthropic_stream(client: httpx.Client, url: str, headers: dict[str, str], bo
             if response.status_code != 200:
                 times.error = _http_error(response)
                 return times
-            for event, data in iter_sse(response):
+            for event, data in sse_events(response.iter_lines()):
                 _anthropic_event(times, event, json.loads(data))
     except (httpx.HTTPError, ValueError) as exc:
         times.error = f"{type(exc).__name__}: {exc}"
@@ -161,7 +143,7 @@ def openai_stream(client: httpx.Client, url: str, body: dict[str, Any], headers:
             if response.status_code != 200:
                 times.error = _http_error(response)
                 return times
-            for _event, data in iter_sse(response):
+            for _event, data in sse_events(response.iter_lines()):
                 if data.strip() == "[DONE]":
                     break
                 _openai_chunk(times, json.loads(data))
