@@ -442,7 +442,7 @@ def resolve_mlx_folder(gguf_home: Path, override: Path | None = None) -> tuple[P
         folder = ensure_mlx_model(entry, store)
     except Exception as exc:  # the converter's own error becomes the skip reason
         return None, f"MLX conversion failed: {type(exc).__name__}: {exc}"
-    from pensieve_server.engine.select import mlx_device
+    from pensieve_server.engine.devices import mlx_gpu as mlx_device
 
     if mlx_device() != "cpu":
         return folder, ""

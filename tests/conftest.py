@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pensieve_server.engine.factory import register_engine
+from pensieve_server.engine.scripted import ScriptedBackend
 from pensieve_server.models.store import ModelStore
+
+# The scripted test double is an engine only in tests: production code never imports it.
+register_engine("scripted", lambda entry, context_length: ScriptedBackend(context_length or 200_000, name=entry.name))
 
 
 @pytest.fixture(autouse=True)

@@ -214,7 +214,7 @@ def test_contender_registry_and_cli_contract() -> None:
 def test_mlx_contenders_get_pensieves_conversion(tmp_path: Path) -> None:
     import mlx.core as mx
 
-    from pensieve_server.engine.select import mlx_device
+    from pensieve_server.engine.devices import mlx_gpu as mlx_device
 
     folder, why = contenders.resolve_mlx_folder(tmp_path)
     assert why == "" and folder is not None and (folder / "config.json").is_file()

@@ -22,6 +22,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from pensieve_server.anthropic.errors import InvalidRequest
 
+# The template a model without one of its own is served with (the engines warn when they fall back to it).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# The end-of-turn markers of the common chat templates (ChatML, Llama 3, Phi, Gemma, ...): an engine
+# stops on each one that is a single control token in the model's vocabulary.
+END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
+
 
 class ChatTemplateError(InvalidRequest):
     """The chat template failed or rejected the conversation.

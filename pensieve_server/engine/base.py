@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pensieve_server.engine.disk_states import DiskStates
+    import numpy as np
+
+    from pensieve_server.engine.disk_states import DiskEntry, DiskStates
 
 
 class EngineError(RuntimeError):
@@ -195,6 +197,20 @@ class Backend(ABC):
     def disk_identity(self, weights: Path) -> dict[str, Any] | None:
         """What a saved KV state depends on (model file, engine version, context, KV layout); None: no disk states."""
         return None
+
+    def disk_candidate(self, prompt: Sequence[int] | np.ndarray, have: int) -> tuple[DiskEntry, int, bytes] | None:
+        """The disk state worth restoring for ``prompt`` when ``have`` of its tokens are cached already:
+        ``(entry, prompt tokens it holds, its payload)``; None when there is none or it cannot be read.
+
+        Resets :attr:`restored_from_disk`; the backend sets it once the state is in.
+        """
+        self.restored_from_disk = 0
+        disk = self.disk
+        if disk is None:
+            return None
+        entry, shared = disk.restorable(prompt, have)
+        payload = disk.read(entry) if entry is not None else None
+        return (entry, shared, payload) if entry is not None and payload is not None else None
 
     def attach_disk(self, disk: DiskStates) -> None:
         """Save long prefixes' states to ``disk`` and restore them from it (see engine/disk_states.py)."""

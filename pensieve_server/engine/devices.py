@@ -1,7 +1,7 @@
 """Which GPU this machine has, and whether the installed engines can compute on it.
 
-A leaf module (it imports nothing of Pensieve's) so that ``select``, ``doctor`` and the backends can
-all ask it. Every probe is a small function that returns plain data and never raises: tests replace
+A leaf module (it imports nothing of Pensieve's) so that the engine factory, ``doctor`` and the
+backends can all ask it; the factory passes the device it found to the backend it loads. Every probe is a small function that returns plain data and never raises: tests replace
 them one by one to pretend to be a machine with an NVIDIA, AMD or Apple GPU.
 
 The PyPI build of llama-cpp-python is CPU-only; a GPU then sits idle without a word unless someone
@@ -11,6 +11,7 @@ looks. :func:`llamacpp_fix` and :func:`mlx_fix` give the exact command that inst
 from __future__ import annotations
 
 import ctypes.util
+import importlib.util
 import os
 import platform
 import shutil
@@ -131,6 +132,46 @@ def mlx_gpu() -> str | None:
         except Exception:  # noqa: BLE001
             continue
     return "cpu"
+
+
+def is_apple_silicon() -> bool:
+    system, machine = host()
+    return system == "darwin" and machine == "arm64"
+
+
+def llamacpp_available() -> bool:
+    """Whether llama-cpp-python is installed (Apple Silicon leaves it out of the default install)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llamacpp_gpu_backend() -> str:
+    """Which GPU backend llama.cpp was built with, from its system info ("cuda", "metal", "rocm", ...)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    for marker, device in (("CUDA", "cuda"), ("Metal", "metal"), ("MTL", "metal"), ("Vulkan", "vulkan"),
+                           ("HIP", "rocm"), ("ROCm", "rocm"), ("SYCL", "sycl")):
+        if marker in info:
+            return device
+    return "metal" if sys.platform == "darwin" else "gpu"
+
+
+def llamacpp_device() -> str | None:
+    """Where llama.cpp computes: "cpu" or its GPU backend; None when it does not import.
+
+    A GPU build on a machine without that GPU computes on the CPU.
+    """
+    offload = llamacpp_gpu_offload()
+    if offload is None:
+        return None
+    if not offload or detect_gpu() is None:
+        return "cpu"
+    return llamacpp_gpu_backend()
+
+
+def llamacpp_on_gpu() -> bool:
+    """llama.cpp imports, was built with GPU offload, and this machine has a GPU for it."""
+    return llamacpp_device() not in (None, "cpu")
 
 
 def _with_cmake_args(flags: str, package: str = "llama-cpp-python") -> str:

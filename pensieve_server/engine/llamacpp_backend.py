@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from pensieve_server.anthropic.template import CHATML_TEMPLATE, END_OF_TURN_TEXTS
+from pensieve_server.engine import devices
 from pensieve_server.engine.base import (
     Backend,
     EngineError,
@@ -30,40 +31,25 @@ from pensieve_server.engine.base import (
     Step,
 )
 from pensieve_server.engine.constraint import ConstrainedRun, TokenGrammars
-from pensieve_server.engine.saved_states import SavedStates, common_prefix
-from pensieve_server.engine.scripted import CHATML_TEMPLATE
+from pensieve_server.engine.saved_states import (
+    DEFAULT_CACHE_BYTES,
+    SavedStates,
+    common_prefix,
+    prompt_keep,
+    worth_saving,
+)
 from pensieve_server.models.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_BYTES = 1024**3
 TOKENIZED_TEXTS = 8  # texts whose tokens tokenize() remembers
 N_BATCH = 512
-# Save the live sequence before a prompt discards at least this many of its tokens, or half of it:
-# small discards are the normal re-rendering of the last turn, not another conversation.
-SAVE_MIN_DISCARD = 256
-# Restore a saved state only when it beats the live sequence by this many tokens.
-RESTORE_MIN_GAIN = 16
-END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
 
 
-def _gpu_device() -> str:
-    """Which GPU backend llama.cpp was built with, from its system info."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    for marker, device in (("CUDA", "cuda"), ("Metal", "metal"), ("MTL", "metal"), ("Vulkan", "vulkan"),
-                           ("HIP", "rocm"), ("ROCm", "rocm"), ("SYCL", "sycl")):
-        if marker in info:
-            return device
-    return "metal" if sys.platform == "darwin" else "gpu"
-
-
-def gpu_layers_to_request() -> int:
-    """-1 (every layer) where llama.cpp was built with GPU offload and this machine has a GPU, else 0."""
-    from pensieve_server.engine import devices
-
-    return -1 if devices.llamacpp_gpu_offload() and devices.detect_gpu() is not None else 0
+def gpu_layers_to_request(device: str | None) -> int:
+    """-1 (every layer) when llama.cpp computes on a GPU here (``device`` as :func:`devices.llamacpp_device`
+    says), else 0."""
+    return 0 if device in (None, "cpu") else -1
 
 
 def offloaded_layers(llama: Any, requested: int) -> tuple[int, int]:
@@ -106,7 +92,10 @@ class LlamaCppBackend(Backend):
         context_length: int = 0,
         n_threads: int | None = None,
         cache_bytes_limit: int = DEFAULT_CACHE_BYTES,
+        device: str | None = None,
     ) -> LlamaCppBackend:
+        """Load ``entry`` on ``device`` (the factory passes :func:`devices.llamacpp_device`'s answer; None:
+        ask it here), every layer on the GPU when that is one."""
         if entry.format == "mlx":
             raise ModelLoadError(f"{entry.name} is an MLX-format model; llama.cpp runs GGUF files only. "
                                  "Serve it with `--engine mlx` (or pull the GGUF version of the model)")
@@ -118,7 +107,8 @@ class LlamaCppBackend(Backend):
             import llama_cpp
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); pip install llama-cpp-python") from None
-        requested = gpu_layers_to_request()
+        device = devices.llamacpp_device() if device is None else device
+        requested = gpu_layers_to_request(device)
         try:
             llama = llama_cpp.Llama(
                 model_path=str(entry.weights),
@@ -146,8 +136,7 @@ class LlamaCppBackend(Backend):
             eos_token=model.token_get_text(eos) if eos >= 0 else "",
         )
         offloaded, total = offloaded_layers(llama, requested)
-        device = _gpu_device() if offloaded > 0 else "cpu"
-        backend = cls(llama, info, device, cache_bytes_limit)
+        backend = cls(llama, info, device if offloaded > 0 and device else "cpu", cache_bytes_limit)
         backend.gpu_layers = {"requested": requested, "offloaded": offloaded, "total": total}
         return backend
 
@@ -299,17 +288,18 @@ class LlamaCppBackend(Backend):
         llama = self._llama
         live = llama.input_ids[: llama.n_tokens]
         shared = common_prefix(live, prompt)
-        discard = len(live) - shared
-        if discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= len(live)):
+        if worth_saving(len(live), shared):
             self._save_live()
         # Only now: saving can evict or supersede saved states, which moves their indices.
-        index, saved_shared = self._states.best(prompt)
-        if index >= 0 and saved_shared >= shared + RESTORE_MIN_GAIN:
-            saved = self._states.take(index)
+        better = self._states.better_than(prompt, shared)
+        if better is not None:
+            saved, shared = better
             self._restore(saved.tokens, saved.payload)
-            shared = saved_shared
-        shared = self._restore_from_disk(prompt, shared)
-        keep = min(shared, len(prompt) - 1)
+        shared, restored = self._sequence_from_disk(prompt, shared, llama.ctx, 0)
+        if restored is not None:
+            llama.input_ids[: len(restored)] = restored
+            llama.n_tokens = len(restored)
+        keep = prompt_keep(shared, len(prompt))
         self._lib.llama_memory_seq_rm(self._memory(), 0, keep, -1)
         llama.n_tokens = keep
         return keep
@@ -347,24 +337,25 @@ class LlamaCppBackend(Backend):
                 "model": file_identity(weights), "n_ctx": self.info.context_length, "kv": kv,
                 "layout": type(self).__name__}
 
-    def _restore_from_disk(self, prompt: np.ndarray, shared: int) -> int:
-        """Restore the disk state sharing most of ``prompt`` when it beats ``shared``; the tokens now cached."""
-        disk = self.disk
-        self.restored_from_disk = 0
-        if disk is None:
-            return shared
-        entry, disk_shared = disk.restorable(prompt, shared)
-        payload = disk.read(entry) if entry is not None else None
-        if entry is None or payload is None:
-            return shared
-        try:
-            self._restore(entry.tokens.astype(np.intc), payload)
-        except EngineError:  # the live sequence is gone too: prefill the prompt from its start
-            disk.reject(entry, "llama.cpp did not accept its state")
-            return 0
+    def _sequence_from_disk(self, prompt: Sequence[int] | np.ndarray, shared: int, ctx: Any, seq_id: int
+                            ) -> tuple[int, np.ndarray | None]:
+        """Load the disk state sharing most of ``prompt`` into sequence ``seq_id`` when it beats ``shared``.
+
+        Returns the prompt tokens now cached and the tokens the sequence now holds: None when it was not
+        touched; empty when llama.cpp refused the state (the sequence is then empty: prefill from the start).
+        """
+        candidate = self.disk_candidate(prompt, shared)
+        if candidate is None:
+            return shared, None
+        entry, disk_shared, payload = candidate
+        if not self._set_sequence_state(ctx, seq_id, payload):
+            self._lib.llama_memory_seq_rm(self._lib.llama_get_memory(ctx), seq_id, -1, -1)
+            if self.disk is not None:
+                self.disk.reject(entry, "llama.cpp did not accept its state")
+            return 0, entry.tokens[:0]
         self.restored_from_disk = disk_shared
         log.info("restored a prefix state of %d tokens from disk", disk_shared)
-        return disk_shared
+        return disk_shared, entry.tokens
 
     def _offer_to_disk(self) -> None:
         """Hand the live sequence to the disk store when it is long and new enough (written in the background)."""
@@ -376,11 +367,16 @@ class LlamaCppBackend(Backend):
         if data:
             disk.save(tokens, lambda: data)
 
-    def _restore(self, tokens: np.ndarray, data: bytes) -> None:
-        llama, lib = self._llama, self._lib
-        lib.llama_memory_seq_rm(self._memory(), 0, -1, -1)
+    def _set_sequence_state(self, ctx: Any, seq_id: int, data: bytes) -> bool:
+        """Replace sequence ``seq_id``'s KV cells with a saved copy; False when llama.cpp refuses it."""
+        lib = self._lib
+        lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), seq_id, -1, -1)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if not lib.llama_state_seq_set_data(llama.ctx, buf, len(data), 0):
+        return bool(lib.llama_state_seq_set_data(ctx, buf, len(data), seq_id))
+
+    def _restore(self, tokens: np.ndarray, data: bytes) -> None:
+        llama = self._llama
+        if not self._set_sequence_state(llama.ctx, 0, data):
             self._reset_live()
             raise EngineError("llama.cpp could not restore a saved prompt cache state")
         llama.input_ids[: len(tokens)] = tokens

@@ -14,8 +14,6 @@ again), so Claude Code's system prompt and tools are prefilled once for its para
 from __future__ import annotations
 
 import codecs
-import ctypes
-import logging
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,10 +24,8 @@ from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
-from pensieve_server.engine.saved_states import common_prefix
+from pensieve_server.engine.saved_states import common_prefix, prompt_keep
 from pensieve_server.models.store import ModelEntry
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,10 +88,11 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
 
     @classmethod
     def load_batched(cls, entry: ModelEntry, parallel: int, context_length: int = 0,
-                     n_threads: int | None = None) -> LlamaCppBatchBackend:
-        """Load ``entry`` with a context of ``parallel`` × the per-request context length."""
+                     n_threads: int | None = None, device: str | None = None) -> LlamaCppBatchBackend:
+        """Load ``entry`` with a context of ``parallel`` × the per-request context length (``device``: as
+        :meth:`LlamaCppBackend.load` takes it)."""
         # Llama() makes a context of its own; keep it tiny, generation runs in the batched one.
-        single = LlamaCppBackend.load(entry, 64, n_threads=n_threads, cache_bytes_limit=0)
+        single = LlamaCppBackend.load(entry, 64, n_threads=n_threads, cache_bytes_limit=0, device=device)
         lib, llama = single._lib, single._llama
         per_request = context_length or llama._model.n_ctx_train()
         params = llama.context_params
@@ -132,8 +129,10 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             self._lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
             slot.tokens = tokens[:shared]
-        shared = self._restore_slot_from_disk(slot, tokens, shared)
-        keep = min(shared, len(tokens) - 1)  # sampling needs fresh logits from at least one token
+        shared, restored = self._sequence_from_disk(tokens, shared, self._ctx, slot.seq_id)
+        if restored is not None:
+            slot.tokens = restored.tolist()
+        keep = prompt_keep(shared, len(tokens))
         self._lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
         slot.tokens = slot.tokens[:keep]
         slot.busy = True
@@ -228,29 +227,6 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if not slot.tokens:
             return 0
         return common_prefix(np.asarray(slot.tokens, dtype=np.intc), np.asarray(tokens, dtype=np.intc))
-
-    def _restore_slot_from_disk(self, slot: Slot, tokens: list[int], shared: int) -> int:
-        """Load the disk state sharing most of ``tokens`` into ``slot`` when it beats ``shared``."""
-        disk = self.disk
-        self.restored_from_disk = 0
-        if disk is None:
-            return shared
-        entry, disk_shared = disk.restorable(tokens, shared)
-        payload = disk.read(entry) if entry is not None else None
-        if entry is None or payload is None:
-            return shared
-        lib, memory = self._lib, self._lib.llama_get_memory(self._ctx)
-        lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
-        buf = (ctypes.c_uint8 * len(payload)).from_buffer_copy(payload)
-        if not lib.llama_state_seq_set_data(self._ctx, buf, len(payload), slot.seq_id):
-            lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
-            slot.tokens = []
-            disk.reject(entry, "llama.cpp did not accept its state")
-            return 0
-        slot.tokens = entry.tokens.tolist()
-        self.restored_from_disk = disk_shared
-        log.info("restored a prefix state of %d tokens from disk", disk_shared)
-        return disk_shared
 
     def _offer_slot_to_disk(self, slot: Slot) -> None:
         disk = self.disk

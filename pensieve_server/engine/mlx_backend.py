@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pensieve_server.anthropic.template import CHATML_TEMPLATE, END_OF_TURN_TEXTS
+from pensieve_server.engine import devices
 from pensieve_server.engine.base import (
     Backend,
     EngineError,
@@ -32,16 +34,19 @@ from pensieve_server.engine.base import (
     Step,
 )
 from pensieve_server.engine.constraint import TokenGrammars
-from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES, RESTORE_MIN_GAIN, SAVE_MIN_DISCARD
-from pensieve_server.engine.saved_states import SavedStates, common_prefix
-from pensieve_server.engine.scripted import CHATML_TEMPLATE
+from pensieve_server.engine.saved_states import (
+    DEFAULT_CACHE_BYTES,
+    SavedStates,
+    common_prefix,
+    prompt_keep,
+    worth_saving,
+)
 from pensieve_server.models.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
 
 # Small enough that a cancel during a long prefill is noticed quickly, large enough to batch well.
 PREFILL_STEP = 512
-END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
 
 
 class _PrefillCancelled(Exception):
@@ -102,14 +107,14 @@ class MlxBackend(Backend):
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
     def load(cls, entry: ModelEntry, store: ModelStore, context_length: int = 0,
-             cache_bytes_limit: int = DEFAULT_CACHE_BYTES, **options: Any) -> MlxBackend:
+             cache_bytes_limit: int = DEFAULT_CACHE_BYTES, device: str | None = None, **options: Any) -> MlxBackend:
         """Load ``entry``: an MLX folder as is, a GGUF through its (cached) MLX conversion.
 
         ``cache_bytes_limit`` bounds the saved copies of other conversations' caches (0: none kept).
+        ``device``: where MLX computes, as :func:`devices.mlx_gpu` says (the factory passes it; None:
+        ask it here).
         """
-        from pensieve_server.engine.select import mlx_device
-
-        device = mlx_device()
+        device = devices.mlx_gpu() if device is None else device
         if device is None:
             raise ModelLoadError("MLX does not import on this machine; pip install mlx-lm")
         if entry.format == "gguf":
@@ -355,13 +360,12 @@ class MlxBackend(Backend):
         if self._offset() != len(self._live):
             self._reset()  # never trust a cache whose length we did not record
         shared = common_prefix(self._live, prompt)
-        discard = len(self._live) - shared
-        if discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= len(self._live)):
+        if worth_saving(len(self._live), shared):
             self._save_live()
         # Only now: saving can evict or supersede saved states, which moves their indices.
-        index, saved_shared = self._saved.best(prompt)
-        if index >= 0 and saved_shared >= shared + RESTORE_MIN_GAIN:
-            saved = self._saved.take(index)
+        better = self._saved.better_than(prompt, shared)
+        if better is not None:
+            saved, saved_shared = better
             if saved_shared >= len(saved.tokens) or can_trim_prompt_cache(saved.payload):
                 self._cache = copy.deepcopy(saved.payload)  # the saved copy stays untouched by what comes next
                 self._live = saved.tokens.tolist()
@@ -370,7 +374,7 @@ class MlxBackend(Backend):
         if restored is not None:
             self._cache, self._live = restored
             shared = min(common_prefix(self._live, prompt), len(self._live))
-        keep = min(shared, len(prompt) - 1)
+        keep = prompt_keep(shared, len(prompt))
         if keep < len(self._live):
             if keep > 0 and can_trim_prompt_cache(self._cache):
                 trim_prompt_cache(self._cache, len(self._live) - keep)
@@ -413,12 +417,10 @@ class MlxBackend(Backend):
 
         from pensieve_server.engine import mlx_states
 
-        disk = self.disk
-        self.restored_from_disk = 0
-        entry, disk_shared = disk.restorable(prompt, shared) if disk is not None else (None, 0)
-        payload = disk.read(entry) if disk is not None and entry is not None else None
-        if disk is None or entry is None or payload is None:
+        disk, candidate = self.disk, self.disk_candidate(prompt, shared)
+        if disk is None or candidate is None:
             return None
+        entry, disk_shared, payload = candidate
         try:
             layers = mlx_states.restore(payload)
         except ValueError as exc:

@@ -20,8 +20,8 @@ from typing import Any
 
 from pensieve_server.engine.base import EngineError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
-from pensieve_server.engine.llamacpp_backend import RESTORE_MIN_GAIN
 from pensieve_server.engine.mlx_backend import PREFILL_STEP, MlxBackend, _nbytes
+from pensieve_server.engine.saved_states import RESTORE_MIN_GAIN, prompt_keep
 from pensieve_server.models.store import ModelEntry, ModelStore
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
 
     @classmethod
     def load_batched(cls, entry: ModelEntry, store: ModelStore, parallel: int, context_length: int = 0,
-                     cache_bytes_limit: int = 0) -> MlxBatchBackend:
-        backend = cls.load(entry, store, context_length, cache_bytes_limit=cache_bytes_limit, parallel=parallel)
+                     cache_bytes_limit: int = 0, device: str | None = None) -> MlxBatchBackend:
+        backend = cls.load(entry, store, context_length, cache_bytes_limit=cache_bytes_limit, device=device,
+                           parallel=parallel)
         assert isinstance(backend, MlxBatchBackend)
         return backend
 
@@ -157,7 +158,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         At least one prompt token is left to evaluate, since sampling needs fresh logits.
         """
         index, shared = self._saved.best(tokens)
-        keep = min(shared, len(tokens) - 1)
+        keep = prompt_keep(shared, len(tokens))
         if index < 0 or keep < RESTORE_MIN_GAIN:
             return None, 0
         saved = self._saved.take(index)
@@ -170,7 +171,7 @@ class MlxBatchBackend(BatchingBackend, MlxBackend):
         if restored is None:
             return cache, cached
         layers, saved = restored
-        keep = min(self.restored_from_disk, len(tokens) - 1)
+        keep = prompt_keep(self.restored_from_disk, len(tokens))
         self._saved.add(saved, layers, _nbytes(layers))
         cut = _prefix_cache(layers, keep)
         if cut is None:

@@ -20,6 +20,25 @@ import numpy as np
 
 Payload = TypeVar("Payload")
 
+DEFAULT_CACHE_BYTES = 1024**3  # the bound on saved states unless prefix_cache_bytes says otherwise
+# Save the live sequence before a prompt discards at least this many of its tokens, or half of it:
+# small discards are the normal re-rendering of the last turn, not another conversation.
+SAVE_MIN_DISCARD = 256
+# Restore a saved state only when it beats the live sequence by this many tokens.
+RESTORE_MIN_GAIN = 16
+
+
+def worth_saving(live: int, shared: int) -> bool:
+    """Whether a prompt sharing ``shared`` of the ``live`` sequence's tokens starts another conversation,
+    so the live sequence should be saved before it is cut back."""
+    discard = live - shared
+    return discard >= SAVE_MIN_DISCARD or (discard > 0 and 2 * discard >= live)
+
+
+def prompt_keep(shared: int, prompt_len: int) -> int:
+    """How many cached tokens a prompt keeps: at least one is evaluated, since sampling needs fresh logits."""
+    return min(shared, prompt_len - 1)
+
 
 def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
     """Length of the longest common prefix of two token sequences."""
@@ -54,6 +73,14 @@ class SavedStates(Generic[Payload]):
             if n > shared:
                 found, shared = index, n
         return found, shared
+
+    def better_than(self, prompt: Sequence[int] | np.ndarray, shared: int) -> tuple[SavedState[Payload], int] | None:
+        """The saved state (taken: see :meth:`take`) and how much of ``prompt`` it holds, when that beats
+        the ``shared`` tokens the live sequence holds by :data:`RESTORE_MIN_GAIN`; None otherwise."""
+        index, saved_shared = self.best(prompt)
+        if index < 0 or saved_shared < shared + RESTORE_MIN_GAIN:
+            return None
+        return self.take(index), saved_shared
 
     def take(self, index: int) -> SavedState[Payload]:
         """The state at ``index``, marked most recently used. It stays saved: copy what you change."""

@@ -65,7 +65,11 @@ class _Finished(Exception):
 
 
 class Scheduler:
-    """FIFO queue of jobs in front of a single worker thread that owns ``backend``."""
+    """FIFO queue of jobs in front of a single worker thread that owns ``backend``.
+
+    The worker starts with :meth:`start` (:func:`make_scheduler` calls it), once every field of every
+    subclass is set: a thread started in the constructor would run before a subclass finished its own.
+    """
 
     def __init__(self, backend: Backend, queue_size: int = 16) -> None:
         self.backend = backend
@@ -75,7 +79,11 @@ class Scheduler:
         self._lock = threading.Lock()
         self.active: Job | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{backend.name}", daemon=True)
+
+    def start(self) -> Scheduler:
+        """Start the worker; returns the scheduler, so building one reads ``Scheduler(backend).start()``."""
         self._thread.start()
+        return self
 
     @property
     def depth(self) -> int:
@@ -128,6 +136,8 @@ class Scheduler:
         for job in self._in_flight():
             job.cancel.set()
         self._jobs.put(None)
+        if self._thread.ident is None:  # never started: nothing runs inside the backend
+            return True
         self._thread.join(timeout=timeout)
         return not self._thread.is_alive()
 
@@ -147,8 +157,8 @@ class BatchScheduler(Scheduler):
     backend: BatchingBackend
 
     def __init__(self, backend: BatchingBackend, queue_size: int = 16) -> None:
-        self.running: dict[int, tuple[Job, Generation]] = {}
         super().__init__(backend, queue_size)
+        self.running: dict[int, tuple[Job, Generation]] = {}
 
     @property
     def depth(self) -> int:
@@ -230,7 +240,7 @@ class BatchScheduler(Scheduler):
 
 
 def make_scheduler(backend: Backend, queue_size: int = 16) -> Scheduler:
-    """A batching scheduler for backends that decode several sequences at once, else a sequential one."""
+    """A started batching scheduler for backends that decode several sequences at once, else a sequential one."""
     if isinstance(backend, BatchingBackend) and backend.parallel > 1:
-        return BatchScheduler(backend, queue_size)
-    return Scheduler(backend, queue_size)
+        return BatchScheduler(backend, queue_size).start()
+    return Scheduler(backend, queue_size).start()

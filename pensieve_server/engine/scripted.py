@@ -3,6 +3,9 @@
 Tokens are Unicode code points, so token counts are exact and easy to predict, and every prompt
 that reached the engine can be read back as text. It goes through the same generation loop,
 scheduler and HTTP layers as the real engines, and reports prefix-cache hits the way they do.
+
+A test double: no production module imports it. Tests register it as the "scripted" engine
+(:func:`pensieve_server.engine.factory.register_engine`, in tests/conftest.py) or hand it to the pool.
 """
 
 from __future__ import annotations
@@ -12,15 +15,10 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 
+from pensieve_server.anthropic.template import CHATML_TEMPLATE
 from pensieve_server.engine.base import Backend, ModelInfo, PrefixMatch, SamplingParams, Step
 
 STOP_TOKEN = -1  # never produced by tokenize(): code points are >= 0
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 DEFAULT_REPLY = "Hello from the scripted model."
 
 

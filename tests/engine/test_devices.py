@@ -7,13 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from pensieve_cli import checks
 from pensieve_cli.commands.daemon import gpu_line
-from pensieve_server.engine import devices, select
+from pensieve_cli.doctor import report
+from pensieve_cli.doctor.context import Context
+from pensieve_cli.doctor.engine import check_gpu
+from pensieve_server.engine import devices, factory
+from pensieve_server.engine.base import ModelLoadError
 from pensieve_server.models.store import ModelEntry
 from pensieve_server.settings import load_settings
 
-GGUF = ModelEntry("g", "gguf", "/m.gguf", "test", 8192, 1)
+GGUF = ModelEntry("g", "gguf", "/m.gguf", "test", 8192, 1, "llama")
 H200 = devices.Gpu("nvidia", "NVIDIA H200", 143771 * 1024**2, "nvidia-smi")
 RADEON = devices.Gpu("amd", "AMD Radeon PRO W7900", None, "rocm-smi")
 M3 = devices.Gpu("apple", "Apple M3 Max GPU", None, "Metal")
@@ -33,12 +36,11 @@ def machine(monkeypatch: pytest.MonkeyPatch):
     def pretend(gpu: devices.Gpu | None, llamacpp: bool | None, mlx: str | None,
                 system: str = "linux", arch: str = "x86_64") -> None:
         monkeypatch.setattr(devices, "host", lambda: (system, arch))
-        monkeypatch.setattr(select, "host", lambda: (system, arch))
         monkeypatch.setattr(devices, "detect_gpu", lambda: gpu)
         monkeypatch.setattr(devices, "llamacpp_gpu_offload", lambda: llamacpp)
         monkeypatch.setattr(devices, "mlx_gpu", lambda: mlx)
-        monkeypatch.setattr(select, "llamacpp_available", lambda: llamacpp is not None)
-        monkeypatch.setattr("pensieve_server.engine.llamacpp_backend._gpu_device",
+        monkeypatch.setattr(devices, "llamacpp_available", lambda: llamacpp is not None)
+        monkeypatch.setattr(devices, "llamacpp_gpu_backend",
                             lambda: {"nvidia": "cuda", "amd": "rocm", "apple": "metal"}[gpu.vendor] if gpu else "gpu")
 
     return pretend
@@ -90,50 +92,52 @@ def test_probes_on_this_machine_never_raise() -> None:
 )
 def test_auto_prefers_the_fastest_usable_engine(machine, gpu, llamacpp, mlx, system, arch, expected) -> None:
     machine(gpu, llamacpp, mlx, system, arch)
-    assert select.resolve_engine("auto", GGUF) == expected
+    assert factory.resolve_engine("auto", GGUF) == expected
 
 
 def test_llamacpp_without_it_names_the_extra(machine) -> None:
     machine(M3, None, "metal", "darwin", "arm64")
-    with pytest.raises(select.ModelLoadError, match=r"\[llamacpp\]"):
-        select.resolve_engine("llamacpp", GGUF)
+    with pytest.raises(ModelLoadError, match=r"\[llamacpp\]"):
+        factory.resolve_engine("llamacpp", GGUF)
 
 
 def test_llamacpp_device_needs_a_build_and_a_gpu(machine) -> None:
     machine(H200, True, None)
-    assert select.llamacpp_device() == "cuda" and select.llamacpp_on_gpu()
+    assert devices.llamacpp_device() == "cuda" and devices.llamacpp_on_gpu()
     machine(None, True, None)
-    assert select.llamacpp_device() == "cpu"
+    assert devices.llamacpp_device() == "cpu"
     machine(H200, False, None)
-    assert select.llamacpp_device() == "cpu"
+    assert devices.llamacpp_device() == "cpu"
     machine(H200, None, None)
-    assert select.llamacpp_device() is None
+    assert devices.llamacpp_device() is None
 
 
 def test_layers_requested_follow_the_build_and_the_gpu(machine) -> None:
     from pensieve_server.engine.llamacpp_backend import gpu_layers_to_request
 
     machine(H200, True, None)
-    assert gpu_layers_to_request() == -1
+    assert gpu_layers_to_request(devices.llamacpp_device()) == -1
     machine(H200, False, None)
-    assert gpu_layers_to_request() == 0
+    assert gpu_layers_to_request(devices.llamacpp_device()) == 0
     machine(None, True, None)
-    assert gpu_layers_to_request() == 0
+    assert gpu_layers_to_request(devices.llamacpp_device()) == 0
+    machine(H200, None, None)
+    assert gpu_layers_to_request(devices.llamacpp_device()) == 0
 
 
 # -- doctor and status -----------------------------------------------------------------------------
 
-def gpu_check(engine: str) -> checks.Check:
-    ctx = checks.Context(load_settings({"engine": engine}), {}, None, load_model=False)
-    ctx._cache["engine"] = engine
-    return checks.check_gpu(ctx)
+def gpu_check(engine: str) -> report.Check:
+    ctx = Context(load_settings({"engine": engine}), {}, None, load_model=False)
+    ctx.engine_choice = (engine, "")  # the engine under test, whatever this machine would pick
+    return check_gpu(ctx)
 
 
 def test_doctor_gives_the_cuda_rebuild_for_a_cpu_only_llama_cpp(machine, monkeypatch: pytest.MonkeyPatch) -> None:
     machine(H200, False, "cpu")
     monkeypatch.setattr(devices.shutil, "which", lambda name: f"/usr/bin/{name}")
     check = gpu_check("llamacpp")
-    assert check.status == checks.WARN and "NVIDIA H200" in check.detail and "CPU only" in check.detail
+    assert check.status == report.WARN and "NVIDIA H200" in check.detail and "CPU only" in check.detail
     assert check.fix == 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
     assert check.data["on_gpu"] is False
 
@@ -155,10 +159,10 @@ def test_doctor_gives_hip_for_amd_and_powershell_on_windows(machine, monkeypatch
 def test_doctor_is_content_when_the_engine_uses_the_gpu(machine) -> None:
     machine(H200, True, None)
     check = gpu_check("llamacpp")
-    assert check.status == checks.OK and "offloads every layer" in check.detail
+    assert check.status == report.OK and "offloads every layer" in check.detail
     machine(M3, None, "metal", "darwin", "arm64")
     check = gpu_check("mlx")
-    assert check.status == checks.OK and "metal" in check.detail
+    assert check.status == report.OK and "metal" in check.detail
 
 
 def test_doctor_on_mlx_without_its_gpu(machine) -> None:
@@ -172,7 +176,7 @@ def test_doctor_on_mlx_without_its_gpu(machine) -> None:
 def test_doctor_without_a_gpu_is_ok(machine) -> None:
     machine(None, False, "cpu")
     check = gpu_check("llamacpp")
-    assert check.status == checks.OK and "no NVIDIA, AMD or Apple GPU" in check.detail and not check.fix
+    assert check.status == report.OK and "no NVIDIA, AMD or Apple GPU" in check.detail and not check.fix
 
 
 def test_status_line_shows_the_offloaded_layers() -> None:

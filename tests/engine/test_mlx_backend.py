@@ -30,11 +30,11 @@ from pensieve_server.engine.base import (
     SamplingParams,
     TextDelta,
 )
+from pensieve_server.engine.factory import load_backend
 from pensieve_server.engine.generation import generate
-from pensieve_server.engine.llamacpp_backend import DEFAULT_CACHE_BYTES
 from pensieve_server.engine.mlx_backend import MlxBackend
 from pensieve_server.engine.pool import ModelPool
-from pensieve_server.engine.select import load_backend
+from pensieve_server.engine.saved_states import DEFAULT_CACHE_BYTES
 from pensieve_server.models.store import ModelEntry, ModelStore
 from pensieve_server.settings import load_settings
 from tests.raw_reference import assert_greedy_path, raw_mlx

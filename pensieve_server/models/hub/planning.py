@@ -85,7 +85,7 @@ def parse_spec(spec: str) -> tuple[str, str | None, catalog.CatalogEntry | None]
 def _preferred_format() -> str:
     """MLX where MLX has a GPU (Apple Silicon, CUDA builds), GGUF for llama.cpp everywhere else."""
     try:
-        from pensieve_server.engine.select import resolve_engine
+        from pensieve_server.engine.factory import resolve_engine
 
         return "mlx" if resolve_engine("auto", None) == "mlx" else "gguf"
     except Exception:  # noqa: BLE001 - no engine at all: MLX weights are the catalogue's default
