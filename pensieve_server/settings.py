@@ -187,39 +187,49 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
+def _default(name: str) -> Any:
+    """The default of setting ``name``: written once, in :data:`OPTIONS`."""
+    return OPTIONS_BY_NAME[name].default
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """``allowed_origins``' comma-separated text as the Origins it allows."""
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting the server and CLI use, already resolved."""
+    """Every setting the server and CLI use, already resolved; each default comes from :data:`OPTIONS`."""
 
     paths: Paths
-    host: str = "127.0.0.1"
-    port: int = 7777
-    auth_token: str = field(default="", repr=False)  # never in a repr that could reach a log
-    default_model: str = DEFAULT_MODEL
-    engine: str = "auto"
-    tiers: Mapping[str, str] = field(default_factory=dict)
-    temperature: float = 0.2
-    repeat_penalty: float = 1.1
-    context_policy: str = "auto"
-    context_length: int = 0
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_messages: int = 10_000
-    max_tools: int = 1_000
-    queue_size: int = 16
-    parallel: int = 0  # auto: pensieve_server.engine.parallel
-    threads: int = 16
-    prefix_cache_bytes: int = 0
-    disk_cache_bytes: int = -1
-    compute_threads: int = 0
-    ping_interval: float = 10.0
-    allowed_origins: tuple[str, ...] = ()
-    log_level: str = "info"
-    upstream_url: str = ""
-    upstream_api_key: str = field(default="", repr=False)  # a secret, like auth_token
-    upstream_model: str = ""
-    upstream_api: str = "openai"
-    upstream_context_length: int = 0
-    upstream_timeout: float = 600.0
+    host: str = _default("host")
+    port: int = _default("port")
+    auth_token: str = field(default=_default("auth_token"), repr=False)  # never in a repr that could reach a log
+    default_model: str = _default("default_model")
+    engine: str = _default("engine")
+    tiers: Mapping[str, str] = field(default_factory=lambda: {t: _default(f"tiers.{t}") for t in TIERS})
+    temperature: float = _default("temperature")
+    repeat_penalty: float = _default("repeat_penalty")
+    context_policy: str = _default("context_policy")
+    context_length: int = _default("context_length")
+    max_body_bytes: int = _default("max_body_bytes")
+    max_messages: int = _default("max_messages")
+    max_tools: int = _default("max_tools")
+    queue_size: int = _default("queue_size")
+    parallel: int = _default("parallel")  # auto: pensieve_server.engine.parallel
+    threads: int = _default("threads")
+    prefix_cache_bytes: int = _default("prefix_cache_bytes")
+    disk_cache_bytes: int = _default("disk_cache_bytes")
+    compute_threads: int = _default("compute_threads")
+    ping_interval: float = _default("ping_interval")
+    allowed_origins: tuple[str, ...] = parse_origins(_default("allowed_origins"))
+    log_level: str = _default("log_level")
+    upstream_url: str = _default("upstream_url")
+    upstream_api_key: str = field(default=_default("upstream_api_key"), repr=False)  # a secret, like auth_token
+    upstream_model: str = _default("upstream_model")
+    upstream_api: str = _default("upstream_api")
+    upstream_context_length: int = _default("upstream_context_length")
+    upstream_timeout: float = _default("upstream_timeout")
     sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -276,5 +286,5 @@ def load_settings(
         # Forwarding: the model answering Claude names is the upstream's, not the embedded one.
         values["default_model"] = values["upstream_model"] or "upstream"
     tiers = {tier: values.pop(f"tiers.{tier}") for tier in TIERS}
-    origins = tuple(o.strip() for o in values.pop("allowed_origins").split(",") if o.strip())
+    origins = parse_origins(values.pop("allowed_origins"))
     return Settings(paths=paths, tiers=tiers, allowed_origins=origins, sources=sources, **values)

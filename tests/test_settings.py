@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from pensieve_server.settings import ConfigError, Paths, load_settings
+from pensieve_server.settings import OPTIONS, ConfigError, Paths, Settings, load_settings
 
 
 def write_config(text: str) -> None:
@@ -17,6 +19,15 @@ def test_defaults(isolated_home):
     settings = load_settings()
     assert (settings.host, settings.port, settings.default_model) == ("127.0.0.1", 7777, "smollm2-135m")
     assert settings.sources["port"] == "default"
+
+
+def test_a_bare_settings_holds_the_options_defaults(isolated_home):
+    """The OPTIONS table is the one place a default is written: Settings' own defaults are the same values."""
+    resolved = load_settings(environ={"PENSIEVE_HOME": str(isolated_home / "fresh")})
+    bare = Settings(paths=resolved.paths)
+    assert bare.replace(auth_token=resolved.auth_token, sources=resolved.sources) == resolved
+    names = {option.name for option in OPTIONS}
+    assert {f.name for f in dataclasses.fields(Settings)} - names == {"paths", "tiers", "sources"}
 
 
 def test_file_beats_default_env_beats_file_flag_beats_env(monkeypatch):
