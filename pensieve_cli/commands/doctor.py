@@ -7,12 +7,13 @@ Lines are printed as each check finishes (loading a model or the self-test can t
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from typing import Any
 
 from pensieve_cli import ui
-from pensieve_cli.checks import FAIL, LOCAL_CHECKS, OK, SKIP, WARN, Check, Context, claude_binary
 from pensieve_cli.context import settings_from_args
+from pensieve_cli.doctor.checklist import run_checks
+from pensieve_cli.doctor.context import Context
+from pensieve_cli.doctor.report import FAIL, OK, SKIP, WARN, Check, render, summary
 from pensieve_cli.errors import ExitStatus
 
 
@@ -32,50 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-load", dest="load", action="store_false",
                         help="do not load the model when the server is not serving it (faster)")
     parser.set_defaults(func=run)
-
-
-def run_checks(ctx: Context, with_claude: bool = False) -> Iterator[Check]:
-    """Every check in order, one at a time (each may take a while)."""
-    from pensieve_cli import selftest
-
-    for check in LOCAL_CHECKS:
-        yield check(ctx)
-    settings = ctx.settings
-    if ctx.health is None:
-        yield Check("self-test", SKIP, "skipped: the server is not running")
-    else:
-        yield from selftest.run_selftest(settings.base_url, settings.auth_token, settings.default_model,
-                                         settings.model_for_tier("sonnet"))
-    if with_claude:
-        yield claude_run(ctx)
-
-
-def claude_run(ctx: Context) -> Check:
-    from pensieve_cli import selftest
-    from pensieve_cli.claude_env import env_for_settings
-
-    binary = claude_binary()
-    if binary is None:
-        return Check("claude --print", WARN, "skipped: `claude` is not on PATH",
-                     "npm install -g @anthropic-ai/claude-code")
-    if ctx.health is None:
-        return Check("claude --print", SKIP, "skipped: the server is not running")
-    return selftest.run_claude(binary, env_for_settings(ctx.settings, ctx.settings.auth_token))
-
-
-def render(check: Check) -> None:
-    message = f"{check.name}: {check.detail}"
-    if check.status == OK:
-        ui.success(message)
-    elif check.status == SKIP:
-        print(ui.paint(f"- {message}", "dim"))
-    else:
-        line = f"{message} — fix: {check.fix}" if check.fix else message
-        (ui.failure if check.status == FAIL else ui.warning)(line)
-
-
-def summary(checks: list[Check]) -> dict[str, int]:
-    return {status: sum(c.status == status for c in checks) for status in (OK, WARN, FAIL, SKIP)}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """End-to-end checks of a running server over HTTP, made the way Claude Code talks to it.
 
-Each step returns a :class:`~pensieve_cli.checks.Check`, so ``doctor`` prints them and other tools
+Each step returns a :class:`~pensieve_cli.doctor.report.Check`, so ``doctor`` prints them and other tools
 (benchmarks, CI) can reuse them. :func:`run_claude` drives the real ``claude --print``.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from pensieve_cli.checks import FAIL, OK, SKIP, WARN, Check
+from pensieve_cli.doctor.report import FAIL, OK, SKIP, WARN, Check
 
 PROMPT = "Say hello in 5 words"
 MAPPED_NAME = "claude-sonnet-4-5"  # what Claude Code sends by default (pensieve_cli.claude_env.MAIN_MODEL)

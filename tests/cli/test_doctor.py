@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pensieve_cli import checks
 from pensieve_cli.claude_env import env_for_settings
 from pensieve_cli.daemon import start_background, stop_background
+from pensieve_cli.doctor import checklist as checks
 from pensieve_cli.main import main
 from pensieve_server.auth_token import ensure_token, fingerprint
 from pensieve_server.settings import Settings, load_settings

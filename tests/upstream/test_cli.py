@@ -8,8 +8,10 @@ import stat
 import pytest
 import tomllib
 
-from pensieve_cli import checks
 from pensieve_cli.commands import setup
+from pensieve_cli.doctor import upstream
+from pensieve_cli.doctor.checklist import checks_for
+from pensieve_cli.doctor.context import Context
 from pensieve_cli.main import main
 from pensieve_server.settings import ConfigError, Paths, load_settings
 from tests.upstream.conftest import free_port
@@ -104,14 +106,15 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_doctor_unreachable_and_skips_local_model_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PENSIEVE_ENGINE", "upstream")
     monkeypatch.setenv("PENSIEVE_UPSTREAM_URL", f"http://127.0.0.1:{free_port()}")
-    ctx = checks.Context(load_settings(), os.environ, health=None)
-    result = checks.check_model(ctx)
+    ctx = Context(load_settings(), os.environ, health=None)
+    result = upstream.check_upstream(ctx)
     assert (result.name, result.status) == ("upstream", "fail") and "unreachable" in result.detail
     assert result.fix.startswith("start the upstream server")
-    for check in (checks.check_mlx, checks.check_model_loads, checks.check_resources):
-        assert check(ctx).status == "skip"
-    results = [check(ctx) for check in checks.LOCAL_CHECKS]
-    assert all(r.status in ("ok", "warn", "fail", "skip") and r.detail for r in results)
+    results = {line.name: line for line in (check(ctx) for check in checks_for(ctx.settings))}
+    assert results["upstream"] == result and results["engine"].detail.startswith("configured: upstream")
+    for name in ("mlx", "gpu", "model loads", "resources", "disk cache"):
+        assert results[name].status == "skip" and "requests go to the upstream" in results[name].detail
+    assert all(r.status in ("ok", "warn", "fail", "skip") and r.detail for r in results.values())
 
 
 def test_doctor_warns_when_the_model_is_not_listed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,5 +122,5 @@ def test_doctor_warns_when_the_model_is_not_listed(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("PENSIEVE_ENGINE", "upstream")
         monkeypatch.setenv("PENSIEVE_UPSTREAM_URL", fake.url)
         monkeypatch.setenv("PENSIEVE_UPSTREAM_MODEL", "c")
-        result = checks.check_model(checks.Context(load_settings(), os.environ, health=None))
+        result = upstream.check_upstream(Context(load_settings(), os.environ, health=None))
     assert result.status == "warn" and "does not list the model 'c'" in result.detail and "a, b" in result.detail

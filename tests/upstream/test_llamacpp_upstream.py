@@ -9,7 +9,9 @@ import anthropic
 import httpx
 import pytest
 
-from pensieve_cli.checks import Context, check_engine, check_model, check_model_loads
+from pensieve_cli.doctor import upstream
+from pensieve_cli.doctor.checklist import UPSTREAM_CHECKS, checks_for
+from pensieve_cli.doctor.context import Context
 from pensieve_server.settings import load_settings
 from tests.upstream.conftest import MODEL_ALIAS, Upstream, llamacpp_server, pensieve_in_front, sdk
 
@@ -75,14 +77,15 @@ def test_doctor_sees_the_upstream(llamacpp_upstream: Upstream, monkeypatch: pyte
     monkeypatch.setenv("PENSIEVE_UPSTREAM_API_KEY", llamacpp_upstream.api_key)
     monkeypatch.setenv("PENSIEVE_UPSTREAM_MODEL", MODEL_ALIAS)
     ctx = Context(load_settings(), {}, health=None)
-    result = check_model(ctx)
+    assert checks_for(ctx.settings) == UPSTREAM_CHECKS
+    result = upstream.check_upstream(ctx)
     assert (result.name, result.status) == ("upstream", "ok"), result
     assert MODEL_ALIAS in result.detail and result.data["models"] == [MODEL_ALIAS]
     assert llamacpp_upstream.api_key not in result.detail
-    assert check_engine(ctx).status == "ok" and check_model_loads(ctx).status == "skip"
+    assert upstream.check_engine(ctx).status == "ok"
 
     monkeypatch.setenv("PENSIEVE_UPSTREAM_API_KEY", "wrong")
-    result = check_model(Context(load_settings(), {}, health=None))
+    result = upstream.check_upstream(Context(load_settings(), {}, health=None))
     assert result.status == "fail" and "rejected the API key" in result.detail and "upstream_api_key" in result.fix
 
 
