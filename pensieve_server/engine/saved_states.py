@@ -8,6 +8,10 @@ several conversations (Claude Code's system prompt and tools) stays available as
 them is kept; and eviction takes states that were never reused first (one-off side tasks), least
 recently used first, before any state that a later prompt has already continued (the main
 conversation, whose prefix every turn shares).
+
+The policy both backends follow lives here too: :func:`worth_saving` (when a prompt starts another
+conversation), :meth:`SavedStates.better_than` (when a saved state beats the live one) and
+:func:`prompt_keep` (how many cached tokens a prompt keeps).
 """
 
 from __future__ import annotations
