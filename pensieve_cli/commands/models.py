@@ -8,7 +8,6 @@ config.toml is kept. ``--json`` output is stable for scripts; human output goes 
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import sys
 from typing import Any
@@ -358,11 +357,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    try:
-        model_pull = importlib.import_module("pensieve_cli.model_pull")  # written alongside; may be absent
-    except ModuleNotFoundError as exc:
-        if exc.name != "pensieve_cli.model_pull":
-            raise
-        raise CliError("`pensieve models pull` is not available in this version; download a .gguf file and "
-                       "run `pensieve models import PATH`") from None
+    from pensieve_cli import model_pull  # imported when used: it brings in huggingface_hub
+
     return int(model_pull.run(args))

@@ -85,10 +85,8 @@ def _help(action: argparse.Action | None) -> str:
 
 
 def _catalog_aliases() -> tuple[str, ...]:
-    try:
-        from pensieve_server.models import catalog
-    except ImportError:  # pragma: no cover - the catalogue ships with the server
-        return ()
+    from pensieve_server.models import catalog
+
     return tuple(entry.alias for entry in catalog.CATALOG if not entry.embedded)
 
 

