@@ -15,8 +15,9 @@ from pensieve_server.models.embedded import EMBEDDED_NAME
 from pensieve_server.models.formats.gguf import read_gguf_info
 from pensieve_server.models.store import ModelEntry, ModelStore
 from pensieve_server.settings import OPTIONS_BY_NAME, load_settings
+from tests.requirements import require_llama_cpp
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = require_llama_cpp()
 
 
 @pytest.fixture

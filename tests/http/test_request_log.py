@@ -16,12 +16,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import pytest
 
 from pensieve_server.engine.scripted import ScriptedBackend
+from tests.requirements import require_llama_cpp
 from tests.serverutil import RunningServer, embedded_llamacpp_server, running_server
 
-pytest.importorskip("llama_cpp")
+require_llama_cpp()
 
 LOGGER = "pensieve_server.requests"
 SECRET_WORD = "Quokkazanzibar"  # in every prompt here; must never reach the log
@@ -124,7 +126,6 @@ def test_the_next_turn_reports_its_cache_read_in_message_start_and_in_the_log(se
 
 
 def test_the_sdk_reads_the_split_from_message_start(server: RunningServer) -> None:
-    anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=server.base_url, api_key=server.token, max_retries=0, timeout=300)
     body = chat("Say hello.", max_tokens=8)
     client.messages.create(**body)

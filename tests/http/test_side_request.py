@@ -21,9 +21,10 @@ import pytest
 from pensieve_server.engine import parallel
 from pensieve_server.engine.scheduler import BatchScheduler
 from pensieve_server.models.embedded import EMBEDDED_NAME
+from tests.requirements import require_llama_cpp
 from tests.serverutil import RunningServer, embedded_llamacpp_server
 
-pytest.importorskip("llama_cpp")
+require_llama_cpp()
 
 SIDE = {"model": "claude-3-5-haiku-latest", "max_tokens": 48, "stream": True, "tools": [],
         "system": "Generate a concise, sentence-case title (3-7 words) that captures the session.",
