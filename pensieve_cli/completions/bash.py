@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pensieve_cli.completions.shared import (
     HEADER,
+    ValueSyntax,
     case_arm,
-    case_key,
-    keyed_case,
+    is_subcommand_function,
+    models_function,
     safe_words,
+    takes_value_function,
     value_arms,
-    value_options,
 )
-from pensieve_cli.completions.spec import DIR, FILE, KEYED, MODELS, WORDS, Spec, Value
+from pensieve_cli.completions.spec import Spec
 
 BASH_MODELS = r"""
 # Installed model names, straight from the model store (no Python at TAB time), plus the embedded one.
@@ -110,47 +111,32 @@ complete -F _pensieve pensieve
 """
 
 
-def _bash_value(value: Value) -> str:
-    if value.kind == KEYED:
-        return keyed_case(value, _bash_value, "COMPREPLY=()")
-    if value.kind == WORDS:
-        return f'__pensieve_reply "{safe_words(value.words)}" "$cur"'
-    if value.kind == MODELS:
-        extra = f" {safe_words(value.words)}" if value.words else ""
-        return f'__pensieve_reply "$(__pensieve_models){extra}" "$cur"'
-    if value.kind == FILE:
-        return '__pensieve_files -f "$cur"'
-    if value.kind == DIR:
-        return '__pensieve_files -d "$cur"'
-    return "COMPREPLY=()"
+BASH_VALUES = ValueSyntax(
+    words=lambda words: f'__pensieve_reply "{words}" "$cur"',
+    models=lambda extra: f'__pensieve_reply "$(__pensieve_models){extra}" "$cur"',
+    file='__pensieve_files -f "$cur"', dir='__pensieve_files -d "$cur"', anything="COMPREPLY=()",
+)
 
 
 def bash(spec: Spec) -> str:
     commands = list(spec.root.walk())
     out = [HEADER.format(comment="#", shell="bash")]
-    models = BASH_MODELS.replace("__EMBEDDED__", spec.embedded_model)
-    out.append(models.replace("__NAMES__", BASH_NAMES if spec.names_command else ""))
+    out.append(models_function(spec, BASH_MODELS, BASH_NAMES))
 
     lines = ["", "__pensieve_subcommands() {  # the subcommands of command $1", '    case "$1" in']
     for command in commands:
         if command.subcommands:
             case_arm(lines, [f"'{command.path}'"], f"echo \"{safe_words(c.words[-1] for c in command.subcommands)}\"")
     lines += ["    esac", "}", ""]
-    lines += ["__pensieve_is_subcommand() {  # is $2 a subcommand of command $1?", '    case "$1|$2" in']
-    patterns = [case_key(command.path, sub.words[-1]) for command in commands for sub in command.subcommands]
-    case_arm(lines, patterns, "return 0")
-    lines += ["    esac", "    return 1", "}", ""]
+    lines += [*is_subcommand_function(commands), ""]
     lines += ["__pensieve_options() {  # the options of command $1", '    case "$1" in']
     for command in commands:
         flags = [flag for option in command.options for flag in option.flags]
         case_arm(lines, [f"'{command.path}'"], f'echo "{safe_words(flags)}"')
     lines += ["    esac", "}", ""]
-    lines += ["__pensieve_takes_value() {  # does option $2 of command $1 take a value?", '    case "$1|$2" in']
-    patterns = [case_key(command.path, flag) for command in commands for flag in value_options(command)]
-    case_arm(lines, patterns, "return 0")
-    lines += ["    esac", "    return 1", "}"]
+    lines += takes_value_function(commands)
     out.append("\n".join(lines) + "\n")
 
-    values = value_arms(commands, _bash_value, "COMPREPLY=()")
+    values = value_arms(commands, BASH_VALUES)
     out.append(BASH_MAIN.replace("__VALUES__\n", "".join(f"{line}\n" for line in values)))
     return "".join(out)

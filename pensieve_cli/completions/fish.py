@@ -6,12 +6,14 @@ from collections.abc import Sequence
 
 from pensieve_cli.completions.shared import (
     HEADER,
+    ValueSyntax,
     case_key,
+    models_function,
     quote_keys,
-    safe_words,
+    render_value,
     value_options,
 )
-from pensieve_cli.completions.spec import ANY, DIR, FILE, KEYED, MODELS, WORDS, Spec, Value
+from pensieve_cli.completions.spec import ANY, KEYED, Spec, Value
 
 
 def _fish_quote(text: str) -> str:
@@ -101,17 +103,16 @@ end
 """
 
 
+FISH_VALUES = ValueSyntax(
+    words=lambda words: f"-f -a {_fish_quote(words)}",
+    models=lambda extra: f"-f -a {_fish_quote('(__pensieve_models)' + extra)}",
+    file="-F", dir="-f -a '(__fish_complete_directories (commandline -ct))'", anything="-f",
+    keyed=False,  # fish adds a condition per key instead (see fish())
+)
+
+
 def _fish_value_args(value: Value) -> str:
-    if value.kind == WORDS:
-        return f"-f -a {_fish_quote(safe_words(value.words))}"
-    if value.kind == MODELS:
-        extra = f" {safe_words(value.words)}" if value.words else ""
-        return f"-f -a {_fish_quote('(__pensieve_models)' + extra)}"
-    if value.kind == DIR:
-        return "-f -a '(__fish_complete_directories (commandline -ct))'"
-    if value.kind == FILE:
-        return "-F"
-    return "-f"
+    return render_value(value, FISH_VALUES)
 
 
 def _fish_flags(flags: Sequence[str]) -> str:
@@ -129,8 +130,7 @@ def _fish_flags(flags: Sequence[str]) -> str:
 def fish(spec: Spec) -> str:
     commands = list(spec.root.walk())
     out = [HEADER.format(comment="#", shell="fish")]
-    models = FISH_MODELS.replace("__EMBEDDED__", spec.embedded_model)
-    out.append(models.replace("__NAMES__", FISH_NAMES if spec.names_command else ""))
+    out.append(models_function(spec, FISH_MODELS, FISH_NAMES))
 
     lines = ["", "function __pensieve_is_subcommand --description 'is $argv[2] a subcommand of command $argv[1]?'",
              '    switch "$argv[1]|$argv[2]"']

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pensieve_cli.completions.shared import (
     HEADER,
-    case_arm,
-    case_key,
-    keyed_case,
-    safe_words,
+    ValueSyntax,
+    is_subcommand_function,
+    models_function,
+    takes_value_function,
     value_arms,
-    value_options,
 )
-from pensieve_cli.completions.spec import DIR, FILE, KEYED, MODELS, WORDS, Spec, Value
+from pensieve_cli.completions.spec import Spec
 
 
 def _zsh_quote(text: str) -> str:
@@ -113,26 +112,17 @@ fi
 """
 
 
-def _zsh_value(value: Value) -> str:
-    if value.kind == KEYED:
-        return keyed_case(value, _zsh_value, "_message 'value'")
-    if value.kind == WORDS:
-        return f"compadd -- {safe_words(value.words)}"
-    if value.kind == MODELS:
-        extra = f" {safe_words(value.words)}" if value.words else ""
-        return f'models=(${{(f)"$(__pensieve_models)"}}{extra}); compadd -a models'
-    if value.kind == FILE:
-        return "_files"
-    if value.kind == DIR:
-        return "_files -/"
-    return "_message 'value'"
+ZSH_VALUES = ValueSyntax(
+    words=lambda words: f"compadd -- {words}",
+    models=lambda extra: f'models=(${{(f)"$(__pensieve_models)"}}{extra}); compadd -a models',
+    file="_files", dir="_files -/", anything="_message 'value'",
+)
 
 
 def zsh(spec: Spec) -> str:
     commands = list(spec.root.walk())
     out = ["#compdef pensieve\n", HEADER.format(comment="#", shell="zsh")]
-    models = ZSH_MODELS.replace("__EMBEDDED__", spec.embedded_model)
-    out.append(models.replace("__NAMES__", ZSH_NAMES if spec.names_command else ""))
+    out.append(models_function(spec, ZSH_MODELS, ZSH_NAMES))
 
     lines = ["", "__pensieve_subcommands() {  # reply=(name:description ...) for command $1", '    case "$1" in']
     for command in commands:
@@ -140,21 +130,15 @@ def zsh(spec: Spec) -> str:
             items = " ".join(_zsh_item(sub.words[-1], sub.help) for sub in command.subcommands)
             lines.append(f"        '{command.path}') reply=({items}) ;;")
     lines += ["    esac", "}", ""]
-    lines += ["__pensieve_is_subcommand() {  # is $2 a subcommand of command $1?", '    case "$1|$2" in']
-    patterns = [case_key(command.path, sub.words[-1]) for command in commands for sub in command.subcommands]
-    case_arm(lines, patterns, "return 0")
-    lines += ["    esac", "    return 1", "}", ""]
+    lines += [*is_subcommand_function(commands), ""]
     lines += ["__pensieve_options() {  # reply=(flag:description ...) for command $1", '    case "$1" in']
     for command in commands:
         items = " ".join(_zsh_item(flag, option.help) for option in command.options for flag in option.flags)
         lines.append(f"        '{command.path}') reply=({items}) ;;")
     lines += ["    esac", "}", ""]
-    lines += ["__pensieve_takes_value() {  # does option $2 of command $1 take a value?", '    case "$1|$2" in']
-    patterns = [case_key(command.path, flag) for command in commands for flag in value_options(command)]
-    case_arm(lines, patterns, "return 0")
-    lines += ["    esac", "    return 1", "}"]
+    lines += takes_value_function(commands)
     out.append("\n".join(lines) + "\n")
 
-    values = value_arms(commands, _zsh_value, "_message 'value'")
+    values = value_arms(commands, ZSH_VALUES)
     out.append(ZSH_MAIN.replace("__VALUES__\n", "".join(f"{line}\n" for line in values)))
     return "".join(out)
