@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pensieve_server.engine.base import Backend, Cancelled, EngineError, Event, Overloaded, SamplingParams
@@ -26,6 +27,11 @@ _DONE = object()
 # new tokens prefill first (llamacpp_batch.prefill_plan) instead of queueing behind the side
 # request's whole first chunk (1.4 s of queue seen on a 2-core CPU).
 GATHER_S = 0.01
+# And while a request for this model is still being prepared on an HTTP thread (see
+# Scheduler.preparing), it waits up to this long for it: Claude Code's turn is ready ~150 ms after its
+# side request (fitting a 21k-token request), and a side request started alone meanwhile takes the CPU
+# from that preparation and then holds the turn behind its own engine step.
+PREPARING_WAIT_S = 0.5
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Scheduler:
         self.queue_size = queue_size
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._waiting = 0
+        self._preparing = 0  # requests between arrival and submit(), see preparing()
         self._lock = threading.Lock()
         self.active: Job | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{backend.name}", daemon=True)
@@ -89,6 +96,18 @@ class Scheduler:
     def depth(self) -> int:
         """Jobs waiting, not counting the one running."""
         return self._waiting
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around a request's preparation (fit, render, tokenize) before :meth:`submit`: a batched
+        worker about to start its first step waits for the requests being prepared (PREPARING_WAIT_S)."""
+        with self._lock:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preparing -= 1
 
     def submit(self, prompt: Sequence[int], params: SamplingParams) -> Job:
         with self._lock:
@@ -204,10 +223,32 @@ class BatchScheduler(Scheduler):
         self.backend.release(key)
         self._end(job, *events)
 
+    def _gather_prepared(self) -> bool:
+        """Admit requests still being prepared when the first one came (at most PREPARING_WAIT_S);
+        False when closing."""
+        deadline = time.perf_counter() + PREPARING_WAIT_S
+        waited = False
+        while len(self.running) < self.backend.parallel and time.perf_counter() < deadline:
+            if not self._preparing:
+                if not waited:
+                    return True
+                waited = False  # prepared just now: its submit() follows within a moment
+                wait = GATHER_S
+            else:
+                waited, wait = True, 0.005
+            try:
+                if not self._admit(block=False, wait=wait):
+                    return False
+            except queue.Empty:
+                if not waited:
+                    return True
+        return True
+
     def _run(self) -> None:
         backend = self.backend
         while True:
-            gather = GATHER_S if not self.running else 0.0
+            idle = not self.running
+            gather = GATHER_S if idle else 0.0
             try:
                 while len(self.running) < backend.parallel:
                     if not self._admit(block=not self.running, wait=gather):
@@ -216,6 +257,10 @@ class BatchScheduler(Scheduler):
                         return
             except queue.Empty:
                 pass
+            if idle and self.running and not self._gather_prepared():
+                for key in list(self.running):
+                    self._finish(key, Cancelled("the server is shutting down"))
+                return
             for key, (job, _) in list(self.running.items()):
                 if job.cancel.is_set():
                     self._finish(key, Cancelled("client disconnected"))

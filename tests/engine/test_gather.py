@@ -59,3 +59,42 @@ def test_a_short_request_arriving_just_after_a_long_one_gets_its_first_token_fir
         backend.close()
     assert admitted_at_first_step == [2], "both requests share the first step"
     assert firsts[id(turn)] < firsts[id(side)], "the short prompt's first token comes before the long one's"
+
+
+def test_a_request_still_being_prepared_is_waited_for(model_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude Code's turn needs ~150 ms of fitting after its side request is ready: the idle worker
+    waits for a request announced by ``preparing()`` (far beyond ``GATHER_S``, kept at its default)."""
+    monkeypatch.setattr(scheduler_module, "PREPARING_WAIT_S", 60.0)
+    backend = LlamaCppBatchBackend.load_batched(model_store.embedded(), parallel=2, context_length=2048)
+    firsts: dict[int, int] = {}
+    admitted_at_first_step: list[int] = []
+    step, steps = backend.step, [0]
+
+    def recording_step():
+        if not steps[0]:
+            admitted_at_first_step.append(backend.active())
+        out = step()
+        for key, produced in out.items():
+            if produced is not None:
+                firsts.setdefault(key, steps[0])
+        steps[0] += 1
+        return out
+
+    monkeypatch.setattr(backend, "step", recording_step)
+    scheduler = make_scheduler(backend, queue_size=4)
+    try:
+        params = SamplingParams(max_tokens=4, temperature=0.0)
+        side_prompt = backend.tokenize(chat(f"{RULES} Give this chat a title."))
+        turn_prompt = backend.tokenize(chat("Hi"))
+        with scheduler.preparing():  # the turn arrived and is being fitted
+            side = scheduler.submit(side_prompt, params)
+            time.sleep(20 * scheduler_module.GATHER_S)
+        turn = scheduler.submit(turn_prompt, params)
+        for job in (side, turn):
+            events = list(job.iter_events(timeout=300))
+            assert isinstance(events[-1], Completion) and any(isinstance(e, TextDelta) for e in events)
+    finally:
+        scheduler.close()
+        backend.close()
+    assert admitted_at_first_step == [2], "the side request waited for the turn being prepared"
+    assert firsts[id(turn)] < firsts[id(side)], "the turn's first token comes first"
