@@ -125,6 +125,10 @@ def exit_status(exc: BaseException) -> ExitStatus | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pensieve_server.engine.load_order import load_llama_cpp_first, loads_models
+
+    if loads_models(sys.argv[1:] if argv is None else argv):
+        load_llama_cpp_first()  # before the parser's imports load numpy: a CUDA build crashed the other way
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
