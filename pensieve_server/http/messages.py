@@ -18,12 +18,7 @@ messages = Blueprint("messages", __name__)
 
 
 def _service() -> MessagesService:
-    state = current_app.extensions["pensieve"]
-    service = current_app.extensions.get("pensieve.service")
-    if service is None:
-        service = MessagesService(state.settings, state.pool, state.metrics)
-        current_app.extensions["pensieve.service"] = service
-    return service
+    return current_app.extensions["pensieve"].service
 
 
 def _not_json_constant(name: str) -> Any:
@@ -54,7 +49,7 @@ def create_message():
     service = _service()
     prepared = service.prepare(_json_body())
     job = service.submit(prepared)
-    headers = {"pensieve-model": prepared.model.entry.name}
+    headers = {"pensieve-model": prepared.model_name}
     if prepared.fit_actions:
         headers["pensieve-context-fit"] = "; ".join(prepared.fit_actions)[:1000]
     if prepared.notices:
@@ -85,9 +80,9 @@ def create_message():
     try:
         message = fold_events(item for item in events if item is not None)
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        if prepared.upstream is None:
+        if not prepared.forwarded:
             raise
-        # An upstream Anthropic server's events are relayed as they came: ones that do not fold are its fault.
+        # Another server's events are relayed as they came: ones that do not fold are its fault.
         raise InternalError(f"the upstream's answer does not fold into a Message ({type(exc).__name__}: "
                             f"{str(exc)[:200]})") from None
     finally:

@@ -26,7 +26,7 @@ def root():
 @meta.route("/health", methods=["GET"])
 def health():
     state = current_app.extensions["pensieve"]
-    loaded = state.pool.loaded()
+    loaded = state.provider.status()
     model = loaded[-1] if loaded else None
     return jsonify(
         {
@@ -34,15 +34,15 @@ def health():
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - state.started_at, 3),
-            "model": model.entry.name if model else state.settings.default_model,
+            "model": model.name if model else state.settings.default_model,
             "engine": model.engine if model else None,
-            "device": model.backend.device if model else None,
+            "device": model.device if model else None,
             # n_gpu_layers asked for and how many llama.cpp put on the GPU (llama.cpp only).
-            "gpu_layers": getattr(model.backend, "gpu_layers", None) if model else None,
+            "gpu_layers": model.gpu_layers if model else None,
             "gpu": gpu_json(),
-            "context_length": model.info.context_length if model else None,
-            "models_loaded": [m.entry.name for m in loaded],
-            "queue_depth": sum(m.scheduler.depth for m in loaded),
+            "context_length": model.context_length if model else None,
+            "models_loaded": [m.name for m in loaded],
+            "queue_depth": sum(m.queue_depth for m in loaded),
         }
     )
 
@@ -62,7 +62,7 @@ def _model_object(name: str) -> dict:
 @meta.route("/v1/models", methods=["GET"])
 def list_models():
     state = current_app.extensions["pensieve"]
-    data = [_model_object(name) for name in state.pool.names()]
+    data = [_model_object(name) for name in state.provider.names()]
     return jsonify(
         {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
          "last_id": data[-1]["id"] if data else None}
@@ -71,14 +71,8 @@ def list_models():
 
 @meta.route("/v1/models/<path:model_id>", methods=["GET"])
 def get_model(model_id: str):
-    state = current_app.extensions["pensieve"]
-    names = state.pool.names()
-    if model_id in names:
-        return jsonify(_model_object(model_id))
-    from pensieve_server.anthropic.model_names import resolve_model_name
-
-    local = resolve_model_name(model_id, names, state.settings.tiers, state.settings.default_model)
-    if local not in names:
+    provider = current_app.extensions["pensieve"].provider
+    if model_id not in provider.names() and provider.resolve(model_id) not in provider.names():
         raise NotFound(f"model: {model_id}")
     return jsonify(_model_object(model_id))
 
@@ -88,17 +82,17 @@ def metrics():
     from pensieve_server.memory import resident_bytes
 
     state = current_app.extensions["pensieve"]
-    loaded = state.pool.loaded()
+    loaded = state.provider.status()
     gauges = {
-        "pensieve_queue_depth": sum(m.scheduler.depth for m in loaded),
+        "pensieve_queue_depth": sum(m.queue_depth for m in loaded),
         "pensieve_models_loaded": len(loaded),
-        "pensieve_prefix_cache_bytes": sum(m.backend.cache_bytes() for m in loaded),
+        "pensieve_prefix_cache_bytes": sum(m.cache_bytes for m in loaded),
         "pensieve_resident_memory_bytes": resident_bytes(),
         "pensieve_uptime_seconds": round(time.time() - state.started_at, 3),
     }
     from pensieve_server.engine.disk_states import disk_gauges
 
-    stores = [m.backend.disk for m in loaded if getattr(m.backend, "disk", None) is not None]
+    stores = [m.disk for m in loaded if m.disk is not None]
     gauges.update(disk_gauges(stores, state.settings.paths.prefix_states_dir))
     return Response(state.metrics.render(gauges), mimetype="text/plain; version=0.0.4")
 

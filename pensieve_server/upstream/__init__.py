@@ -3,7 +3,7 @@
 The upstream speaks either OpenAI Chat Completions (vLLM, llama.cpp server, Ollama, LM Studio,
 mlx_lm.server) — translated both ways by :mod:`.translate` — or Anthropic Messages, forwarded by
 :mod:`.passthrough`. Either way the client sees the same Anthropic events, errors, auth and logging
-as with a local model. :mod:`.service` is the one entry point the Messages pipeline calls.
+as with a local model: :mod:`pensieve_server.providers.upstream` is what the Messages pipeline calls.
 """
 
 from __future__ import annotations

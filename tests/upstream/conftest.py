@@ -113,7 +113,7 @@ def pensieve_in_front(url: str, **overrides: Any) -> Iterator[RunningServer]:
     settings = base.replace(**overrides)
     pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
     with running_server(pool=pool, **overrides) as server:
-        pool.get(settings.default_model)  # what `pensieve serve` does at start; no network
+        server.app.extensions["pensieve"].provider.preload(settings.default_model)  # as `pensieve serve`; no network
         yield server
 
 
