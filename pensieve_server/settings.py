@@ -124,7 +124,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("parallel", int, 0, "requests generated together (continuous batching on llama.cpp and MLX; "
            "0: auto, 2 on llama.cpp where memory allows, so Claude Code's side requests never hold up a turn)"),
     Option("threads", int, 16, "HTTP worker threads (each open stream holds one)"),
-    Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core)"),
+    Option("compute_threads", int, 0, "CPU threads llama.cpp computes with (0: one per physical core; 2 when every layer is on a GPU)"),
     Option("prefix_cache_bytes", int, 0, "memory the saved prefix (KV) states may hold (0: 1/8 of free RAM, ≤ 2 GiB)"),
     Option("disk_cache_bytes", int, -1, "disk the saved prefix (KV) states may use across restarts "
            "(-1: 10% of free disk, ≤ 10 GiB; 0: off)"),
