@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pensieve_server.anthropic.media import document_text, image_note
 from pensieve_server.anthropic.template import render_chat, template_capabilities
@@ -154,17 +154,64 @@ def tool_call_text(name: str, arguments: Any) -> str:
     return f"<tool_call>\n{_dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
-_ERROR_NOTE = "[the tool reported an error]"
+ERROR_NOTE = "[the tool reported an error]"  # what a failed tool's result starts with, for either target
 
 
 def tool_response_text(content: Any, is_error: bool = False) -> str:
     body = plain_text(content)
     if is_error:
-        body = f"{_ERROR_NOTE}\n{body}"
+        body = f"{ERROR_NOTE}\n{body}"
     return f"<tool_response>\n{body}\n</tool_response>"
 
 
 # -- messages -------------------------------------------------------------------------------------------
+
+class Dialect(Protocol):
+    """How one kind of chat target writes each turn: a chat template here, a Chat Completions server
+    (``upstream/translate.py``). :func:`chat_messages` walks the conversation once for both."""
+
+    def system_item(self, content: Any) -> str: ...
+
+    def user_messages(self, content: Any) -> list[dict[str, Any]]: ...
+
+    def assistant_message(self, content: Any) -> dict[str, Any] | None: ...
+
+
+def chat_messages(request: MessagesRequest, system: str, dialect: Dialect) -> list[dict[str, Any]]:
+    """The one Anthropic → OpenAI-style chat conversion: ``system`` leads, then every turn in order,
+    as ``dialect`` writes it (turns it makes nothing of are left out)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for message in request.messages:
+        role = message.get("role")
+        if role == "system":
+            text = dialect.system_item(message.get("content"))
+            if text:
+                messages.append({"role": "system", "content": text})
+        elif role == "user":
+            messages.extend(dialect.user_messages(message.get("content")))
+        elif role == "assistant":
+            rendered = dialect.assistant_message(message.get("content"))
+            if rendered is not None:
+                messages.append(rendered)
+    return messages
+
+
+class _TemplateDialect:
+    """Turns for a chat template: Hermes text for tools, or OpenAI fields where the template renders them."""
+
+    def __init__(self, native: bool) -> None:
+        self.native = native
+        self.names: dict[str, str] = {}  # tool_use id → tool name, for native tool messages
+
+    def system_item(self, content: Any) -> str:
+        return plain_text(content)
+
+    def user_messages(self, content: Any) -> list[dict[str, Any]]:
+        return _user_messages(content, self.native, self.names)
+
+    def assistant_message(self, content: Any) -> dict[str, Any] | None:
+        return _assistant_message(content, self.native, self.names)
+
 
 def _user_messages(content: Any, native: bool, names: dict[str, str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -176,7 +223,7 @@ def _user_messages(content: Any, native: bool, names: dict[str, str]) -> list[di
                 call_id = block.get("tool_use_id", "")
                 body = plain_text(block.get("content"))
                 if block.get("is_error"):
-                    body = f"{_ERROR_NOTE}\n{body}"
+                    body = f"{ERROR_NOTE}\n{body}"
                 out.append({"role": "tool", "tool_call_id": call_id, "name": names.get(call_id, ""), "content": body})
             else:
                 parts.append(tool_response_text(block.get("content"), bool(block.get("is_error"))))
@@ -270,21 +317,7 @@ def to_chat_messages(request: MessagesRequest, info: ModelInfo) -> tuple[list[di
         extra.append(tool_choice_text(request.tool_choice))
     system = "\n\n".join(part for part in (system, *extra) if part)
 
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    names: dict[str, str] = {}
-    for message in request.messages:
-        role = message.get("role")
-        if role == "system":
-            text = plain_text(message.get("content"))
-            if text:
-                messages.append({"role": "system", "content": text})
-        elif role == "user":
-            messages.extend(_user_messages(message.get("content"), native, names))
-        elif role == "assistant":
-            rendered = _assistant_message(message.get("content"), native, names)
-            if rendered is not None:
-                messages.append(rendered)
-    messages = _merge_consecutive(messages)
+    messages = _merge_consecutive(chat_messages(request, system, _TemplateDialect(native)))
     if not caps.system:
         messages = _fold_system(messages, keep_leading=False)
     elif not caps.inline_system:

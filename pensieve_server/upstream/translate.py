@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pensieve_server.anthropic.errors import InternalError
-from pensieve_server.anthropic.render import content_blocks, neutralise_system_text, plain_text, system_text
+from pensieve_server.anthropic.render import (
+    ERROR_NOTE,
+    chat_messages,
+    content_blocks,
+    neutralise_system_text,
+    plain_text,
+    system_text,
+)
 from pensieve_server.anthropic.thinking import ThinkingPiece
 from pensieve_server.anthropic.tools import (
     Piece,
@@ -47,7 +54,6 @@ from pensieve_server.engine.base import Completion
 
 log = logging.getLogger(__name__)
 
-ERROR_NOTE = "[the tool reported an error]"
 FINISH_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -141,23 +147,22 @@ def _assistant_message(content: Any) -> dict[str, Any] | None:
     return message
 
 
+class _ChatCompletionsDialect:
+    """Turns as a Chat Completions server takes them (see the module docstring for the mapping)."""
+
+    def system_item(self, content: Any) -> str:
+        return neutralise_system_text(flatten_text(content)).strip()
+
+    def user_messages(self, content: Any) -> list[dict[str, Any]]:
+        return _user_messages(content)
+
+    def assistant_message(self, content: Any) -> dict[str, Any] | None:
+        return _assistant_message(content)
+
+
 def to_openai_messages(request: MessagesRequest) -> list[dict[str, Any]]:
-    """The conversation as Chat Completions messages (see the module docstring for the mapping)."""
-    system = system_text(request)
-    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    for message in request.messages:
-        role = message.get("role")
-        if role == "system":
-            text = neutralise_system_text(flatten_text(message.get("content"))).strip()
-            if text:
-                messages.append({"role": "system", "content": text})
-        elif role == "user":
-            messages.extend(_user_messages(message.get("content")))
-        elif role == "assistant":
-            rendered = _assistant_message(message.get("content"))
-            if rendered is not None:
-                messages.append(rendered)
-    return messages
+    """The conversation as Chat Completions messages, through the one converter render.py uses too."""
+    return chat_messages(request, system_text(request), _ChatCompletionsDialect())
 
 
 def to_openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
