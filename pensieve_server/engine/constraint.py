@@ -84,6 +84,9 @@ class ConstrainedRun:
         self._tail = b""
         self._matcher: Any = None
         self.failed = False
+        # The mask's words, computed in place every constrained step (no per-token allocation).
+        self._bits = np.empty((grammars.tokenizer().vocab_size + 31) // 32, dtype=np.int32)
+        self._forbidden_bits = np.empty_like(self._bits)
         if not self._trigger:
             self._matcher = fresh.deep_copy()
 
@@ -95,18 +98,35 @@ class ConstrainedRun:
         """A boolean mask over ``size`` logits (the vocabulary's size by default); None while the text is free."""
         if not self.active:
             return None
-        bits = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
-        mask = np.unpackbits(bits, bitorder="little").astype(bool)
         size = size or self._grammars.vocab_size
+        bits = self._computed_bits()
+        mask = np.unpackbits(bits.view(np.uint8), count=min(size, bits.size * 32), bitorder="little").view(bool)
         if mask.size >= size:
-            return mask[:size]
+            return mask
         return np.concatenate([mask, np.zeros(size - mask.size, dtype=bool)])
 
     def mask_logits(self, logits: np.ndarray) -> None:
-        """Set every token the grammar forbids to -inf in ``logits`` (a writable float array, in place)."""
-        mask = self.allowed(logits.shape[-1])
-        if mask is not None:
-            logits[~mask] = -np.inf
+        """Set every token the grammar forbids to -inf in ``logits`` (a writable float array, in place).
+
+        The bitmask is computed into a reused buffer and inverted in place; the logits are touched
+        only where a token is forbidden, and not at all when the grammar allows every token.
+        """
+        if not self.active:
+            return
+        forbidden_bits = np.invert(self._computed_bits(), out=self._forbidden_bits)
+        size = logits.shape[-1]
+        covered = min(size, forbidden_bits.size * 32)
+        forbidden = np.unpackbits(forbidden_bits.view(np.uint8), count=covered, bitorder="little").view(bool)
+        if forbidden.any():
+            logits[:covered][forbidden] = -np.inf
+        if size > covered:
+            logits[covered:] = -np.inf  # tokens the grammar library does not know are never allowed
+
+    def _computed_bits(self) -> np.ndarray:
+        """The matcher's allowed-token bitmask for the next token, written into this run's buffer."""
+        bits = self._bits
+        self._matcher.unsafe_compute_mask_ptr(bits.ctypes.data, bits.nbytes)
+        return bits
 
     def accept(self, token: int, piece: bytes) -> None:
         """Record the sampled ``token`` (its text bytes ``piece``)."""
