@@ -68,7 +68,7 @@ def interactive_fixtures(repo: Path) -> tuple[CapturedRequest, CapturedRequest] 
 
 
 def run_restart(contender: Any, captured: CapturedRequest | None, repo: Path, token: str, max_tokens: int,
-                log: Any, rows: dict[str, Any] | None = None) -> dict[str, Any]:
+                log: Any, rows: dict[str, Any] | None = None, interactive: bool = True) -> dict[str, Any]:
     """Both rows for one Pensieve contender (restarted several times; it is left running), filled into
     ``rows`` as each is measured, so an interrupted run still reports the rows it finished."""
     home = contender.ctx.pensieve_home
@@ -87,7 +87,7 @@ def run_restart(contender: Any, captured: CapturedRequest | None, repo: Path, to
         saved = wait_for_saved_state(home, before)
         restart(contender, clear=False)
         rows["print"] = {"cold": cold, "restart": replay(captured, "d3e4f", "restart-print"), "saved": saved}
-    pair = interactive_fixtures(repo)
+    pair = interactive_fixtures(repo) if interactive else None
     if pair is not None:
         first, following = pair
         restart(contender, clear=True)

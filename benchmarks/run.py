@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlx-folder", type=Path, help="an existing MLX conversion (default: Pensieve's converter)")
     parser.add_argument("--restart-only", action="store_true",
                         help="only the Claude Code turns after a server restart (Pensieve contenders)")
+    parser.add_argument("--restart-rows", default="print,interactive",
+                        help="which restart rows to measure: print, interactive or both (default both)")
     parser.add_argument("--side-request-only", action="store_true",
                         help="only the Claude Code turn with its side request against the turn alone (Pensieve)")
     args = parser.parse_args(argv)
@@ -211,7 +213,7 @@ def start_contender(contender: Contender, builder: PromptBuilder, plan: Plan, re
 
 def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, captured: CapturedRequest | None,
               token: str, results: dict[str, dict[str, Any]], restart_only: bool = False,
-              side_only: bool = False) -> None:
+              side_only: bool = False, restart_rows: str = "print,interactive") -> None:
     """Contenders of one engine side by side: all started, the Claude Code replay, the chat prompts
     round-robin, then each one's concurrency workload alone, its peak RSS, the turns after a restart
     (Pensieve), and all stopped."""
@@ -228,10 +230,13 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
                 results[contender.name]["side_request"] = run_side_request(contender, pair, token,
                                                                            plan.short.max_tokens, log)
             return
+        wanted = {row.strip() for row in restart_rows.split(",")}
+        restart_captured = captured if "print" in wanted else None
         if restart_only:
             for contender in restarts:
                 results[contender.name]["restart"] = rows = {}
-                run_restart(contender, captured, REPO, token, plan.short.max_tokens, log, rows)
+                run_restart(contender, restart_captured, REPO, token, plan.short.max_tokens, log, rows,
+                            interactive="interactive" in wanted)
             return
         for contender in live:
             if plan.replay and contender.anthropic and captured is not None:
@@ -246,7 +251,8 @@ def run_group(contenders: list[Contender], builder: PromptBuilder, plan: Plan, c
             results[contender.name]["peak_rss_bytes"], results[contender.name]["rss_method"] = contender.peak_rss()
         for contender in restarts:  # last: it restarts the server
             results[contender.name]["restart"] = rows = {}
-            run_restart(contender, captured, REPO, token, plan.short.max_tokens, log, rows)
+            run_restart(contender, restart_captured, REPO, token, plan.short.max_tokens, log, rows,
+                        interactive="interactive" in wanted)
     finally:
         for contender in contenders:
             contender.stop()
@@ -279,7 +285,7 @@ def mlx_max_prompt(args: argparse.Namespace) -> int:
     """--mlx-max-prompt, or its default: a cap only where MLX computes on the CPU."""
     if args.mlx_max_prompt is not None:
         return args.mlx_max_prompt
-    from pensieve_server.engine.select import mlx_device
+    from pensieve_server.engine.devices import mlx_gpu as mlx_device
 
     return MLX_CPU_MAX_PROMPT if mlx_device() in (None, "cpu") else 0
 
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             for contender in group:
                 run["contenders"][contender.name] = new_result(contender, engine_plan)
             run_group(group, builder, engine_plan, captured, ctx.token, run["contenders"], args.restart_only,
-                      args.side_request_only)
+                      args.side_request_only, args.restart_rows)
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: the engine group running then is incomplete and those after it did not run")
