@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from pensieve_server.engine import cpu, devices
+from pensieve_server.engine import factory as engines
 from pensieve_server.models.store import ModelStore
-
-try:  # the engine factory (select.py before its rename)
-    from pensieve_server.engine import factory as engines
-except ImportError:
-    from pensieve_server.engine import select as engines
 
 H200 = devices.Gpu("nvidia", "NVIDIA H200", 143771 * 1024**2, "nvidia-smi")
 
@@ -34,8 +30,7 @@ def pretend(monkeypatch: pytest.MonkeyPatch, gpu: devices.Gpu | None, offload: b
     monkeypatch.setattr(cpu, "physical_cores", lambda: 16)
     monkeypatch.setattr(devices, "detect_gpu", lambda: gpu)
     monkeypatch.setattr(devices, "llamacpp_gpu_offload", lambda: offload)
-    monkeypatch.setattr(devices, "llamacpp_gpu_backend", lambda: "cuda", raising=False)
-    monkeypatch.setattr("pensieve_server.engine.llamacpp_backend._gpu_device", lambda: "cuda", raising=False)
+    monkeypatch.setattr(devices, "llamacpp_gpu_backend", lambda: "cuda")
 
 
 def test_gpu_offload_uses_a_few_threads(monkeypatch: pytest.MonkeyPatch) -> None:
