@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from pensieve_server.models.embedded import DOWNLOAD_FOLDER, EMBEDDED_FILE
-from pensieve_server.models.store import ModelError
+from pensieve_server.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pensieve_server.models.embedded import EMBEDDED_NAME, EMBEDDED_SOURCE, embedded_gguf_path
+from pensieve_server.models.errors import ModelError, ModelNotFound
 
 MANIFEST = "manifest.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-
-
-class ModelError(Exception):
-    """A model problem the user can fix; the message says how."""
-
-
-class ModelNotFound(ModelError):
-    pass
 
 
 @dataclass(frozen=True)
