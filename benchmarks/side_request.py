@@ -13,14 +13,22 @@ the side request at most 1.15x alone (the side request must not hold up the turn
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Sample
+if __name__ == "__main__":  # run as a script: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.clients import Sample, anthropic_stream
 from benchmarks.workloads import CapturedRequest, load_captured, replay_request
 
 INTERACTIVE = Path("tests/fixtures/claude-code/interactive")
@@ -150,3 +158,64 @@ def _ms(value: float | None) -> str:
 
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}×"
+
+
+# -- in-process A/B: the scheduler's wait for requests still being prepared, on and off -----------------
+
+class InProcess:
+    """The contender interface run_side_request needs, over an in-process server (benchmarks/tool_calls.py)."""
+
+    name = "pensieve-in-process"
+
+    def __init__(self, server: Any) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=server.url, timeout=3600)
+
+    def replay(self, request: CapturedRequest, workload: str) -> Sample:
+        times = anthropic_stream(self.client, request.path, request.headers, request.body)
+        return times.sample(workload, 0, 0, times.deltas)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Alternate rounds with the scheduler's PREPARING_WAIT_S at its value and at 0 in one process
+    (one cold prefill of the session's prefix serves both), medians per setting."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per setting (each: main alone, main + side)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, help="write the samples and medians here as JSON")
+    args = parser.parse_args(argv)
+    from benchmarks.tool_calls import REPO, Server
+    from pensieve_server.engine import scheduler
+
+    pair = side_fixtures(REPO)
+    if pair is None:
+        parser.error(f"fixtures not found under {REPO / INTERACTIVE}")
+    settings = {"on": scheduler.PREPARING_WAIT_S, "off": 0.0}
+    rows: dict[str, dict[str, list[Any]]] = {k: {"alone": [], "with_side": [], "side": []} for k in settings}
+    with tempfile.TemporaryDirectory(prefix="pensieve-bench-") as home:
+        server = Server("llamacpp", Path(home))
+        try:
+            contender = InProcess(server)
+            for index in range(2 * args.rounds):
+                label = "on" if index % 4 in (0, 3) else "off"  # on, off, off, on, ...: drift weighs on both
+                scheduler.PREPARING_WAIT_S = settings[label]
+                print(f"round {index} ({label}), load average {os.getloadavg()}", flush=True)
+                row = run_side_request(contender, pair, "bench", args.max_tokens, print, repetitions=1)
+                for key in ("alone", "with_side", "side"):
+                    rows[label][key] += row[key]
+        finally:
+            server.close()
+    result = {label: {"figures": side_request_figures({**row, "lead_ms": SIDE_LEAD_S * 1000}), "samples": row}
+              for label, row in rows.items()}
+    for label, entry in result.items():
+        fig = entry["figures"]
+        print(f"preparing wait {label}: main TTFT alone {_ms(fig['ttft_alone_ms'])} ms, with side "
+              f"{_ms(fig['ttft_with_side_ms'])} ms, ratio {_x(fig['ttft_ratio'])}; side TTFT {_ms(fig['side_ttft_ms'])} ms")
+    if args.out:
+        args.out.write_text(json.dumps({"load_average_end": os.getloadavg(), **result}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,16 +88,16 @@ class Server:
 
     def __init__(self, engine: str, home: Path) -> None:
         os.environ["PENSIEVE_HOME"] = str(home)
-        from pensieve_server import service
         from pensieve_server.app import create_app
         from pensieve_server.engine.pool import ModelPool
         from pensieve_server.models.embedded import EMBEDDED_NAME
         from pensieve_server.models.store import ModelStore
+        from pensieve_server.providers import local
         from pensieve_server.runner import build_server
         from pensieve_server.settings import load_settings
 
-        self._service = service
-        self._constraint = service.request_constraint
+        self._provider = local  # where the local provider asks for a request's constraint
+        self._constraint = local.request_constraint
         settings = load_settings({"engine": engine, "auth_token": "bench", "port": 0}).replace(
             default_model=EMBEDDED_NAME, temperature=0.0)
         self.pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
@@ -108,7 +108,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self._server.effective_port}"
 
     def constrained(self, on: bool) -> None:
-        self._service.request_constraint = self._constraint if on else (lambda *_a, **_k: None)
+        self._provider.request_constraint = self._constraint if on else (lambda *_a, **_k: None)
 
     def close(self) -> None:
         from pensieve_server.runner import stop_server
@@ -175,26 +175,38 @@ def decode_speed(server: Server, runs: int) -> dict[str, Any]:
     write = [tool for tool in tools() if tool["name"] == "Write"]
     constraint = tool_call_constraint(write, {"type": "tool", "name": "Write", "disable_parallel_tool_use": True})
     rates: dict[str, list[float]] = {"free": [], "constrained": []}
+    paired: list[float] = []
     for index in range(runs):
         request = MessagesRequest(model="m", max_tokens=64, tools=write, messages=[{"role": "user", "content": [
             {"type": "text", "text": f"Write a long poem about the sea, number {index}, to /repo/poem{index}.txt."}]}])
         prompt = backend.tokenize(render_prompt(request, backend.info))
+        pair: dict[str, float] = {}
         for kind in ("free", "constrained") if index % 2 == 0 else ("constrained", "free"):
             params = SamplingParams(max_tokens=64, temperature=0.0, repeat_penalty=1.1,
                                     constraint=constraint if kind == "constrained" else None)
             done = [e for e in generate(backend, prompt, params) if isinstance(e, Completion)][0]
             if done.output_tokens > 8:
                 rates[kind].append(done.decode_tokens_per_s)
+                pair[kind] = done.decode_tokens_per_s
+        if len(pair) == 2:
+            paired.append(pair["constrained"] / pair["free"])
     free, constrained = statistics.median(rates["free"]), statistics.median(rates["constrained"])
+    # Each run's two generations ran back to back: their ratio cancels most of a shared machine's drift.
     return {"runs": runs, "free_tok_s": round(free, 1), "constrained_tok_s": round(constrained, 1),
-            "ratio": round(constrained / free, 3)}
+            "ratio": round(constrained / free, 3),
+            "paired_ratio_median": round(statistics.median(paired), 3) if paired else None,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", default="llamacpp", choices=("llamacpp", "mlx"))
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--speed-runs", type=int, default=4)
+    parser.add_argument("--speed-runs", type=int, default=8)
+    parser.add_argument("--rounds", default="any,title,speed,auto",
+                        help="which rounds to run (any, title, speed, auto; default all)")
+    parser.add_argument("--keep", action="store_true",
+                        help="start from the day's saved result and replace only the rounds run now")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     import httpx
@@ -205,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result: dict[str, Any] = {"engine": args.engine, "model": "smollm2-135m (embedded, Q4_1)", "greedy": True,
                               "date": dt.date.today().isoformat()}
+    saved = args.out / f"{result['date']}-tool-calls-{args.engine}.json"
+    if args.keep and saved.is_file():
+        result = {**json.loads(saved.read_text()), **result}
+    wanted = {name.strip() for name in args.rounds.split(",")}
     with tempfile.TemporaryDirectory(prefix="pensieve-bench-") as home:
         server = Server(args.engine, Path(home))
         try:
@@ -213,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds = [("after", "any"), ("before", "any"), ("after", "title"), ("before", "title"),
                           ("speed", ""), ("after", "auto"), ("before", "auto")]
                 for label, choice in rounds:
+                    if (choice or "speed") not in wanted:
+                        continue
                     log(f"{label}: {choice or 'decode speed'}")
                     if label == "speed":
                         server.constrained(True)
@@ -262,7 +280,9 @@ def render(result: dict[str, Any]) -> str:
     speed = result.get("decode_speed")
     if speed:
         lines += ["", f"Decode speed (engine, median of {speed['runs']}): free {speed['free_tok_s']} tok/s, "
-                      f"constrained {speed['constrained_tok_s']} tok/s, ratio {speed['ratio']}."]
+                      f"constrained {speed['constrained_tok_s']} tok/s, ratio {speed['ratio']}"
+                      + (f"; median of the runs' paired ratios {speed['paired_ratio_median']}, load average "
+                         f"{speed['load_average']}" if speed.get("paired_ratio_median") is not None else "") + "."]
     return "\n".join(lines) + "\n"
 
 

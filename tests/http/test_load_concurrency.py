@@ -86,25 +86,27 @@ def test_health_models_and_tokenizing_go_on_while_a_model_loads(server) -> None:
 
     with ThreadPoolExecutor(max_workers=12) as workers:
         loading = workers.submit(first_request)
-        assert held.started.wait(300), "the model load never started"
-        assert not loading.done()
+        try:
+            assert held.started.wait(300), "the model load never started"
+            assert not loading.done()
 
-        # The load is in progress (held open): everything else answers meanwhile.
-        health = [workers.submit(httpx.get, f"{running.base_url}/health", timeout=60) for _ in range(6)]
-        listed = workers.submit(httpx.get, f"{running.base_url}/v1/models", headers={"x-api-key": running.token},
-                                timeout=60)
-        counts = [workers.submit(_count, running, text) for text in TEXTS[:8]]
-        ids = [workers.submit(warm.tokenizer.tokenize, text) for text in TEXTS * 3]
+            # The load is in progress (held open): everything else answers meanwhile. A pool that
+            # held its lock through the load would leave these waiting until their timeout.
+            health = [workers.submit(httpx.get, f"{running.base_url}/health", timeout=60) for _ in range(6)]
+            listed = workers.submit(httpx.get, f"{running.base_url}/v1/models",
+                                    headers={"x-api-key": running.token}, timeout=60)
+            counts = [workers.submit(_count, running, text) for text in TEXTS[:8]]
+            ids = [workers.submit(warm.tokenizer.tokenize, text) for text in TEXTS * 3]
 
-        for reply in (future.result() for future in health):
-            assert reply.status_code == 200
-            assert EMBEDDED_NAME not in reply.json()["models_loaded"]  # still loading
-        assert [m["id"] for m in listed.result().json()["data"]][:1] == [EMBEDDED_NAME]
-        assert [future.result() for future in counts] == serial_counts
-        assert [future.result() for future in ids] == serial_ids * 3
-        assert not loading.done() and not held.release.is_set()
-
-        held.finish()
+            for reply in (future.result() for future in health):
+                assert reply.status_code == 200
+                assert EMBEDDED_NAME not in reply.json()["models_loaded"]  # still loading
+            assert [m["id"] for m in listed.result().json()["data"]][:1] == [EMBEDDED_NAME]
+            assert [future.result() for future in counts] == serial_counts
+            assert [future.result() for future in ids] == serial_ids * 3
+            assert not loading.done() and not held.release.is_set()
+        finally:
+            held.finish()  # also when an assertion failed: the load must not outlive the test
         answer = loading.result()
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == EMBEDDED_NAME
