@@ -36,6 +36,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     busy: bool = False
     last_used: int = 0
+    copy_pending: bool = False  # a copy from another slot's KV stream that llama.cpp applies at the next decode
 
 
 @dataclass
@@ -122,16 +123,20 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         slot = self._pick(free, tokens)
         shared = self._shared(slot, tokens)
         donor = max(self._slots, key=lambda s: self._shared(s, tokens))
-        memory = self._lib.llama_get_memory(self._ctx)
-        if self._shared(donor, tokens) > shared + 16 and donor is not slot:
-            shared = self._shared(donor, tokens)
+        from_donor = self._shared(donor, tokens) if donor is not slot else 0
+        # The disk first, and only when it beats the donor: llama.cpp applies a copy between KV streams
+        # at the next decode, so a copy queued before a restore would overwrite the restored state.
+        shared_disk, restored = self._sequence_from_disk(tokens, max(shared, from_donor), self._ctx, slot.seq_id)
+        if restored is not None:  # restored, or refused (the sequence is then empty)
+            slot.tokens, shared = restored.tolist(), shared_disk
+        if (restored is None or not len(restored)) and from_donor > shared + 16:
+            memory = self._lib.llama_get_memory(self._ctx)
             # Slots are separate KV streams: llama.cpp copies whole sequences only, then trims.
             self._lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
-            slot.tokens = tokens[:shared]
-        shared, restored = self._sequence_from_disk(tokens, shared, self._ctx, slot.seq_id)
-        if restored is not None:
-            slot.tokens = restored.tolist()
+            slot.tokens, shared = tokens[:from_donor], from_donor
+            slot.copy_pending = True
+        memory = self._lib.llama_get_memory(self._ctx)
         keep = prompt_keep(shared, len(tokens))
         self._lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
         slot.tokens = slot.tokens[:keep]
@@ -195,6 +200,8 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if status != 0:
             self._reset_all()
             raise EngineError(f"llama.cpp failed to decode a batch of {n} tokens (status {status})")
+        for slot in self._slots:
+            slot.copy_pending = False  # the decode applied every queued copy first
         steps = full
         for key, running, row in rows:
             run = running.constraint
@@ -230,8 +237,8 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
 
     def _offer_slot_to_disk(self, slot: Slot) -> None:
         disk = self.disk
-        if disk is None or self._closed or not disk.wants(slot.tokens):
-            return
+        if disk is None or self._closed or slot.copy_pending or not disk.wants(slot.tokens):
+            return  # (a copy still pending: the slot's KV data is not there yet)
         data = self._sequence_state(self._ctx, slot.seq_id)
         if data:
             disk.save(list(slot.tokens), lambda: data)

@@ -20,6 +20,7 @@ import pytest
 
 from pensieve_server.engine.base import Backend, PrefixMatch, SamplingParams
 from pensieve_server.engine.disk_states import SUFFIX, DiskStates
+from pensieve_server.engine.saved_states import common_prefix
 from pensieve_server.models.store import ModelStore
 from tests.raw_reference import assert_greedy_path, raw_engine, vocab
 
@@ -181,3 +182,46 @@ def test_a_corrupt_state_is_skipped_and_the_answer_is_unchanged(models: Path, tm
     finally:
         reference.close()
     assert_same_greedy_answer("llamacpp", models, SECOND, damaged, clean)
+
+
+def batch_answers(backend: Backend, prompts: dict[str, list[int]], max_tokens: int = 12) -> dict[str, list[int]]:
+    """Greedy tokens for prompts admitted together into a batched backend, in admission order."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    out: dict[str, list[int]] = {key: [] for key in prompts}
+    for key, prompt in prompts.items():
+        backend.admit(key, prompt, params)
+    while backend.active():
+        for key, step in backend.step().items():
+            if step is not None:
+                out[key].append(step.token)
+            if step is None or backend.is_stop_token(step.token) or len(out[key]) >= max_tokens:
+                backend.release(key)
+    return out
+
+
+def test_a_restore_beside_a_busy_slot_that_shares_a_little_is_not_overwritten(models: Path, tmp_path: Path) -> None:
+    """Claude Code after a restart: its title request runs in one slot and shares a few dozen tokens
+    with the turn, which a disk state covers almost whole. llama.cpp copies between KV streams only at
+    the next decode, so a copy from the busy slot queued before the restore overwrote the restored state
+    (the turn then answered garbage)."""
+    folder = tmp_path / "prefix-states"
+    run_writer("llamacpp-batched", models, folder)
+    side = f"{SYSTEM[:120]}<|im_end|>\n<|im_start|>user\nTitle?<|im_end|>\n<|im_start|>assistant\n"
+
+    restored, weights = load("llamacpp-batched", models)
+    disk = attach(restored, weights, folder)
+    try:
+        prompts = {"side": restored.tokenize(side), "turn": restored.tokenize(chat(SECOND))}
+        assert common_prefix(prompts["side"], prompts["turn"]) > 16 + 1  # the busy slot would be a donor
+        batch_answers(restored, {"side": prompts["side"]})  # its slot now holds its tokens
+        with_restore = batch_answers(restored, prompts)
+        assert disk.hits == 1 and restored.restored_from_disk >= len(restored.tokenize(SYSTEM)) - 1
+    finally:
+        restored.close()
+    reference, _ = load("llamacpp-batched", models)
+    try:
+        batch_answers(reference, {"side": prompts["side"]})
+        cold = batch_answers(reference, prompts)
+    finally:
+        reference.close()
+    assert_same_greedy_answer("llamacpp-batched", models, SECOND, with_restore["turn"], cold["turn"])
