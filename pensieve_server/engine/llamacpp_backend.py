@@ -31,6 +31,7 @@ from pensieve_server.engine.base import (
     Step,
 )
 from pensieve_server.engine.constraint import ConstrainedRun, TokenGrammars
+from pensieve_server.engine.greedy import GreedySampler, is_greedy
 from pensieve_server.engine.saved_states import (
     DEFAULT_CACHE_BYTES,
     SavedStates,
@@ -195,7 +196,7 @@ class LlamaCppBackend(Backend):
         n_ctx = self.info.context_length
         llama = self._llama
         tokens = np.asarray(prompt, dtype=np.intc)
-        sampler = self._make_sampler(params)
+        sampler = GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
         try:
             cached = self._reuse_prefix(tokens)
             yield PrefixMatch(cached, min(self.restored_from_disk, cached))
@@ -211,7 +212,8 @@ class LlamaCppBackend(Backend):
             self._reset_live()  # the KV cache may no longer match input_ids
             raise
         finally:
-            self._lib.llama_sampler_free(sampler)
+            if not isinstance(sampler, GreedySampler):
+                self._lib.llama_sampler_free(sampler)
             self._offer_to_disk()
 
     def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int,
@@ -221,9 +223,15 @@ class LlamaCppBackend(Backend):
         pieces, piece_of = self._pieces, self._piece
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # never splits a character
         while not cancel.is_set():
-            if run is not None and run.active:
-                run.mask_logits(self._logits(ctx, -1))
-            token = sample(sampler, ctx, -1)
+            if isinstance(sampler, GreedySampler):
+                logits = self._logits(ctx, -1)
+                if run is not None and run.active:
+                    run.mask_logits(logits)
+                token = sampler.sample(logits)
+            else:
+                if run is not None and run.active:
+                    run.mask_logits(self._logits(ctx, -1))
+                token = sample(sampler, ctx, -1)
             piece = pieces.get(token)
             if piece is None:
                 piece = piece_of(token)

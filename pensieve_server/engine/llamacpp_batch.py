@@ -23,6 +23,7 @@ import numpy as np
 from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
+from pensieve_server.engine.greedy import GreedySampler, is_greedy
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
 from pensieve_server.engine.saved_states import common_prefix, prompt_keep
 from pensieve_server.models.store import ModelEntry
@@ -44,7 +45,7 @@ class Running:
     """A request in a slot: the prompt left to prefill, then one pending token per decode step."""
 
     slot: Slot
-    sampler: Any
+    sampler: Any  # llama.cpp's sampler chain, or a GreedySampler (greedy.py) for greedy requests
     context_limit: int
     pending: list[int]
     cached: int
@@ -86,6 +87,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         self._batch = self._lib.llama_batch_init(N_BATCH + parallel, 0, 1)
         self._kv_bytes_per_token = 0
         self._admitted = 0
+        self._n_vocab = llama.n_vocab()
 
     @classmethod
     def load_batched(cls, entry: ModelEntry, parallel: int, context_length: int = 0,
@@ -144,7 +146,8 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         self._admitted += 1
         slot.last_used = self._admitted
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._running[key] = Running(slot, self._make_sampler(params), self.info.context_length,
+        sampler = GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
+        self._running[key] = Running(slot, sampler, self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
         return PrefixMatch(keep, min(self.restored_from_disk, keep))
 
@@ -153,7 +156,8 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         running = self._running.pop(key, None)
         if running is not None:
             running.slot.busy = False
-            self._lib.llama_sampler_free(running.sampler)
+            if not isinstance(running.sampler, GreedySampler):
+                self._lib.llama_sampler_free(running.sampler)
             self._offer_slot_to_disk(running.slot)
 
     def active(self) -> int:
@@ -203,11 +207,16 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         for slot in self._slots:
             slot.copy_pending = False  # the decode applied every queued copy first
         steps = full
-        for key, running, row in rows:
+        logits = self._rows_logits(len(rows))
+        for index, (key, running, row) in enumerate(rows):
             run = running.constraint
             if run is not None and run.active:
-                run.mask_logits(self._logits(self._ctx, row))
-            token = lib.llama_sampler_sample(running.sampler, self._ctx, row)
+                run.mask_logits(logits[index])
+            sampler = running.sampler
+            if isinstance(sampler, GreedySampler):
+                token = sampler.sample(logits[index])
+            else:
+                token = lib.llama_sampler_sample(sampler, self._ctx, row)
             piece = self._pieces.get(token)
             if piece is None:
                 piece = self._piece(token)
@@ -219,6 +228,13 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             running.pending = [token]  # decoded (and cached) with the next step
         self._note_kv_bytes()
         return steps
+
+    def _rows_logits(self, rows: int) -> np.ndarray:
+        """Every sampled row's logits from one call (it waits for the GPU), as a writable view: llama.cpp
+        stores them contiguously in batch order, one row per token with ``batch.logits`` set."""
+        if not rows:
+            return np.empty((0, self._n_vocab), dtype=np.float32)
+        return np.ctypeslib.as_array(self._lib.llama_get_logits(self._ctx), shape=(rows, self._n_vocab))
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def _pick(self, free: list[Slot], tokens: list[int]) -> Slot:
