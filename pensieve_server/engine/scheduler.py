@@ -15,13 +15,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pensieve_server.engine.base import Backend, Cancelled, EngineError, Event, Overloaded, SamplingParams
+from pensieve_server.engine.base import (
+    Backend,
+    Cancelled,
+    EngineError,
+    Event,
+    Overloaded,
+    SamplingParams,
+    TextDelta,
+)
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.generation import Generation, generate
 
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_NOTHING = object()  # Job._held when no event waits there
 # How long an idle batched worker waits for company after a request arrives, before its first step.
 # Claude Code sends its title side request 1-5 ms before the turn: admitted together, the turn's few
 # new tokens prefill first (llamacpp_batch.prefill_plan) instead of queueing behind the side
@@ -41,29 +50,54 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
     submitted_at: float = field(default_factory=time.perf_counter)
+    _held: object = field(default=_NOTHING, repr=False)  # taken from the queue by merging, not yet returned
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         """The next event, or None when ``timeout`` passes with nothing new (time to send a ping).
 
         Raises the worker's exception on this thread.
         """
-        try:
-            item = self.events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        if self._held is not _NOTHING:
+            item, self._held = self._held, _NOTHING
+        else:
+            try:
+                item = self.events.get(timeout=timeout)
+            except queue.Empty:
+                return None
         if item is _DONE:
             raise _Finished
         if isinstance(item, BaseException):
             raise item
         return item
 
-    def iter_events(self, timeout: float | None = None) -> Iterator[Event | None]:
-        """Events until the job is finished; yields None every ``timeout`` seconds of silence."""
+    def iter_events(self, timeout: float | None = None, merge_text: bool = False) -> Iterator[Event | None]:
+        """Events until the job is finished; yields None every ``timeout`` seconds of silence.
+
+        ``merge_text``: text deltas already queued behind one are joined into it, so a reader that
+        fell behind the engine (several streams, one GIL) catches up with one parse, one SSE event
+        and one socket write instead of one per token. The text is the same, only cut in fewer pieces.
+        """
         while True:
             try:
-                yield self.next_event(timeout)
+                event = self.next_event(timeout)
             except _Finished:
                 return
+            if merge_text and isinstance(event, TextDelta):
+                event = self._merge_queued(event)
+            yield event
+
+    def _merge_queued(self, first: TextDelta) -> TextDelta:
+        texts = [first.text]
+        while self._held is _NOTHING:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, TextDelta):
+                texts.append(item.text)
+            else:
+                self._held = item
+        return first if len(texts) == 1 else TextDelta("".join(texts))
 
 
 class _Finished(Exception):

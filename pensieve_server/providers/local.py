@@ -141,7 +141,7 @@ class LocalProvider:
                                     cache_read_input_tokens=cached, tools=tools)
 
         try:
-            for event in job.iter_events(timeout=ping_interval):
+            for event in job.iter_events(timeout=ping_interval, merge_text=True):
                 if event is None:
                     yield None
                 elif isinstance(event, PrefixMatch):
