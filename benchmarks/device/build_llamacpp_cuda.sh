@@ -1,5 +1,6 @@
 #!/bin/bash
-# Device call 1 of 2 (benchmarks/results/2026-12-02-h200-streams.md): wheels, llama-cpp-python 0.3.36 built with CUDA, first part of the GGUF kept in /tmp.
+# Device call 1 of 2 (benchmarks/results/2026-12-02-h200-streams.md, and 2026-12-03 before run_overhead.sh): wheels,
+# llama-cpp-python 0.3.36 built with CUDA, first part of the GGUF kept in /tmp.
 export PYTHONUNBUFFERED=1
 REPO=$(pwd)
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee $OUT/gpu.txt
@@ -19,4 +20,4 @@ tail -30 $OUT/build.log
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/llama_cpp_python*.whl || exit 1
 cd $REPO
 PYTHONPATH=/tmp/site python3 -c "import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_supports_gpu_offload(), llama_cpp.llama_print_system_info().decode())" | tee -a $OUT/build-summary.txt
-ls -la /tmp/gguf.part1
+ls -la /tmp/gguf.part1; ls /tmp/site/bin
