@@ -18,7 +18,7 @@ Clients run in this process (httpx threads through benchmarks/clients.py, as ben
 for each stream count, every server in turn (the order alternates each round, so A/B pairs see the
 same machine). Aggregate = all output tokens / wall time; "decode" = tokens after each stream's
 first / (last delta of any stream - first delta of any). The server also reports its engine steps
-per run (steps, tokens per step, time inside ``step()``), read through SIGUSR1.
+per run (steps, tokens per step, time inside ``step()``, CPU per thread), asked for through a file.
 
 Several ``--server NAME=REPO`` (e.g. a ``git worktree`` of the commit before a change) compare code
 versions in one run. ``--py-spy DIR`` records each server (``py-spy record --idle --threads``,
@@ -36,7 +36,6 @@ if CHILD:  # the server's code comes from PYTHONPATH (its REPO), never from this
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -197,7 +196,21 @@ def serve_child(args: argparse.Namespace) -> int:
         return out
 
     backend_class.__init__, backend_class.step = init, step
-    signal.signal(signal.SIGUSR1, lambda *_: stats.report(args.stats, decoders[-1] if decoders else None))
+    request = args.stats.with_suffix(".request")
+
+    def answer_requests() -> None:  # a file, not a signal: a signal waits for the main thread's select()
+        asked = 0
+        while True:
+            try:
+                wanted = int(request.read_text() or 0)
+            except (OSError, ValueError):
+                wanted = asked
+            if wanted > asked:
+                asked = wanted
+                stats.report(args.stats, decoders[-1] if decoders else None)
+            time.sleep(0.02)
+
+    threading.Thread(target=answer_requests, name="overhead-stats", daemon=True).start()
     import pensieve_server
 
     print(f"serving {pensieve_server.__file__} (free decode: {not args.real_decode})", flush=True)
@@ -214,6 +227,8 @@ class Server:
         self.name, self.repo, self.port = name, repo, free_port()
         self.stats = work / f"{name}-stats.json"
         self.log = work / f"{name}-server.log"
+        for stale in (self.stats, self.stats.with_suffix(".request")):
+            stale.unlink(missing_ok=True)
         env = child_env({"PENSIEVE_HOME": str(work / f"{name}-home"), "PENSIEVE_AUTH_TOKEN": TOKEN,
                          "PYTHONUNBUFFERED": "1"}, repo=repo)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-child", "--port", str(self.port),
@@ -221,7 +236,7 @@ class Server:
         if args.real_decode:
             cmd.append("--real-decode")
         self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self.reports = 0
+        self.reports = self.asked = 0
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         import httpx
@@ -241,7 +256,8 @@ class Server:
 
     def step_report(self) -> dict[str, Any]:
         """The server's engine steps since the last report (it resets them)."""
-        self.proc.send_signal(signal.SIGUSR1)
+        self.asked += 1
+        self.stats.with_suffix(".request").write_text(str(self.asked))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
