@@ -265,12 +265,13 @@ def test_models_json(env: dict[str, str]) -> None:
 # -- -q ----------------------------------------------------------------------------------------------
 
 def test_quiet_commands_print_only_what_was_asked(env: dict[str, str], tmp_path: Path) -> None:
+    idle = {**env, "PENSIEVE_PORT": str(free_port())}  # no server there, whatever runs on 7777 here
     for argv in (("-q", "config", "set", "port", "8123"), ("config", "unset", "port", "-q"),
                  ("-q", "stop"), ("stop", "--quiet"), ("-q", "completions", "--write", str(tmp_path / "c"))):
-        proc = pensieve(env, *argv)
+        proc = pensieve(idle if "stop" in argv else env, *argv)
         assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", (argv, proc.stdout, proc.stderr)
     assert pensieve(env, "config", "get", "port", "-q").stdout == "7777\n"  # requested data still comes
-    loud, quiet = pensieve(env, "status"), pensieve(env, "status", "-q")
+    loud, quiet = pensieve(idle, "status"), pensieve(idle, "status", "-q")
     assert quiet.returncode == loud.returncode == 3 and len(quiet.stdout.splitlines()) == 1
     loud, quiet = pensieve(env, "models", "list"), pensieve(env, "-q", "models", "list")
     assert "smollm2-135m" in quiet.stdout and "Storage" in loud.stdout and "Storage" not in quiet.stdout

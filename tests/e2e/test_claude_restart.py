@@ -23,7 +23,9 @@ from pensieve_server.settings import Paths, load_settings
 from tests.e2e.conftest import REPO, claude_env
 from tests.e2e.test_claude_code import answered_by_the_model, run_claude
 
-pytestmark = [pytest.mark.claude_code, pytest.mark.slow]
+# Two cold Claude Code prefills at worst (the first, and a follow-up whose fitted prompt differs) on
+# a busy 2-core machine: 290 s each was seen, beyond the suite's default per-test limit.
+pytestmark = [pytest.mark.claude_code, pytest.mark.slow, pytest.mark.timeout(1500)]
 CLAUDE_TIMEOUT_S = 1800  # a cold prefill of Claude Code's prompt on a loaded 2-core machine
 
 
