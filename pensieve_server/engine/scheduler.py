@@ -34,8 +34,11 @@ _NOTHING = object()  # Job._held when no event waits there
 # How long an idle batched worker waits for company after a request arrives, before its first step.
 # Claude Code sends its title side request 1-5 ms before the turn: admitted together, the turn's few
 # new tokens prefill first (llamacpp_batch.prefill_plan) instead of queueing behind the side
-# request's whole first chunk (1.4 s of queue seen on a 2-core CPU).
-GATHER_S = 0.01
+# request's whole first chunk (1.4 s of queue seen on a 2-core CPU). With the harness's 5 ms lead the
+# turn announces itself (Scheduler.preparing) 7.8-10.9 ms after the side request is submitted, on a
+# quiet 2-core CPU (its 90 kB body is still on its way): 10 ms was won by about a millisecond, so a
+# busier machine lost it. 30 ms keeps a margin; it is paid only by a request that finds the worker idle.
+GATHER_S = 0.03
 # And while a request for this model is still being prepared on an HTTP thread (see
 # Scheduler.preparing), it waits up to this long for it: Claude Code's turn is ready ~150 ms after its
 # side request (fitting a 21k-token request), and a side request started alone meanwhile takes the CPU
