@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="start from the day's saved result and replace only the rounds run now")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--note", help="where and how it ran (machine, pinning, load), printed under the title")
     args = parser.parse_args(argv)
     import httpx
     import jsonschema  # noqa: F401 - fail early when the validator is missing
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     saved = args.out / f"{result['date']}-tool-calls-{args.engine}.json"
     if args.keep and saved.is_file():
         result = {**json.loads(saved.read_text()), **result}
+    if args.note:
+        result["note"] = args.note
     wanted = {name.strip() for name in args.rounds.split(",")}
     with tempfile.TemporaryDirectory(prefix="pensieve-bench-") as home:
         server = Server(args.engine, Path(home))
@@ -260,7 +263,7 @@ def save(out: Path, result: dict[str, Any]) -> None:
 def render(result: dict[str, Any]) -> str:
     lines = [f"# Tool calls and structured output, {result['engine']}, {result['date']}", "",
              f"Model {result['model']}, greedy; Claude Code's Bash/Read/Edit/Write definitions. "
-             f"Wall time {result.get('wall_s', '?')} s.", "",
+             f"Wall time {result.get('wall_s', '?')} s." + (f" {result['note']}" if result.get("note") else ""), "",
              "| | before (validate after) | after (constrained) |", "| --- | --- | --- |"]
     missing = {"responses_with_valid_call": "–", "requests": "–", "valid_calls": "–", "calls": "–",
                "call_attempts_left_as_text": "–", "parsed": "–"}
