@@ -21,7 +21,8 @@ first / (last delta of any stream - first delta of any). The server also reports
 per run (steps, tokens per step, time inside ``step()``, CPU per thread), asked for through a file.
 
 Several ``--server NAME=REPO`` (e.g. a ``git worktree`` of the commit before a change) compare code
-versions in one run. ``--py-spy DIR`` records each server (``py-spy record --idle --threads``,
+versions in one run; ``--native-log-servers`` swaps llama-cpp-python's Python log callback for a native no-op
+in the servers it names. ``--py-spy DIR`` records each server (``py-spy record --idle --threads``,
 collapsed stacks) while ``--profile-streams`` streams run, after the measured rounds.
 """
 
@@ -165,6 +166,19 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def silence_llama_log() -> None:
+    """llama.cpp and ggml log through a native no-op instead of llama-cpp-python's Python callback, which
+    takes the GIL for every message; ggml-cuda logs one on every CUDA graph reuse, inside llama_decode.
+    The no-op is libc's ``abs``: it reads one int register and touches nothing (the C callers clean up)."""
+    import ctypes
+
+    import llama_cpp
+
+    noop = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value
+    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(noop), ctypes.c_void_p(0))
+    print("llama.cpp log: native no-op", flush=True)
+
+
 def serve_child(args: argparse.Namespace) -> int:
     """``pensieve serve`` in this process, its backend's llama_decode made free (unless --real-decode)."""
     import types
@@ -196,6 +210,8 @@ def serve_child(args: argparse.Namespace) -> int:
         return out
 
     backend_class.__init__, backend_class.step = init, step
+    if args.native_log:
+        silence_llama_log()
     request = args.stats.with_suffix(".request")
 
     def answer_requests() -> None:  # a file, not a signal: a signal waits for the main thread's select()
@@ -235,6 +251,8 @@ class Server:
                "--stats", str(self.stats), "--serve-args", args.serve_args]
         if args.real_decode:
             cmd.append("--real-decode")
+        if name in args.native_log_servers.split(","):
+            cmd.append("--native-log")
         self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self.reports = self.asked = 0
 
@@ -368,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a server running REPO's code (repeat to compare; default: this checkout)")
     parser.add_argument("--real-decode", action="store_true", help="leave llama_decode alone (measure a GPU for real)")
     parser.add_argument("--serve-args", default="", help="extra `pensieve serve` flags, one string")
+    parser.add_argument("--native-log-servers", default="", metavar="NAME,...",
+                        help="these servers log llama.cpp through a native no-op, not llama-cpp-python's Python "
+                             "callback (a GIL taken inside every CUDA llama_decode?): give one REPO two names to A/B it")
+    parser.add_argument("--native-log", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="record each server with py-spy into DIR")
     parser.add_argument("--profile-streams", type=int, default=4)
     parser.add_argument("--profile-seconds", type=float, default=15.0)
