@@ -39,6 +39,10 @@ _NOTHING = object()  # Job._held when no event waits there
 # quiet 2-core CPU (its 90 kB body is still on its way): 10 ms was won by about a millisecond, so a
 # busier machine lost it. 30 ms keeps a margin; it is paid only by a request that finds the worker idle.
 GATHER_S = 0.03
+# Only a first request of at most this many prompt tokens waits: Claude Code's side requests carry
+# about 400, its turns 6k-25k (system prompt and tools). A lone turn then starts at once: on a GPU its
+# warm time to first token is a few tens of ms, which the window would have doubled.
+GATHER_PROMPT_TOKENS = 2048
 # And while a request for this model is still being prepared on an HTTP thread (see
 # Scheduler.preparing), it waits up to this long for it: Claude Code's turn is ready ~150 ms after its
 # side request (fitting a 21k-token request), and a side request started alone meanwhile takes the CPU
@@ -281,14 +285,20 @@ class BatchScheduler(Scheduler):
                     return True
         return True
 
+    def _gather_wait(self) -> float:
+        """How long the idle worker waits for company: GATHER_S behind a short first request (a side
+        request, with a turn likely right behind it), nothing behind a long one (a turn, which a short
+        request arriving later joins at the next step)."""
+        short = any(len(job.prompt) <= GATHER_PROMPT_TOKENS for job, _ in self.running.values())
+        return GATHER_S if short else 0.0
+
     def _run(self) -> None:
         backend = self.backend
         while True:
             idle = not self.running
-            gather = GATHER_S if idle else 0.0
             try:
                 while len(self.running) < backend.parallel:
-                    if not self._admit(block=not self.running, wait=gather):
+                    if not self._admit(block=not self.running, wait=self._gather_wait() if idle else 0.0):
                         for key in list(self.running):
                             self._finish(key, Cancelled("the server is shutting down"))
                         return

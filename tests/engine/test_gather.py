@@ -98,3 +98,22 @@ def test_a_request_still_being_prepared_is_waited_for(model_store: ModelStore, m
         backend.close()
     assert admitted_at_first_step == [2], "the side request waited for the turn being prepared"
     assert firsts[id(turn)] < firsts[id(side)], "the turn's first token comes first"
+
+
+def test_a_long_first_request_starts_without_waiting_for_company(model_store: ModelStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn alone (its prompt longer than GATHER_PROMPT_TOKENS) is not held by the window."""
+    monkeypatch.setattr(scheduler_module, "GATHER_S", 60.0)
+    backend = LlamaCppBatchBackend.load_batched(model_store.embedded(), parallel=2, context_length=2048)
+    scheduler = make_scheduler(backend, queue_size=4)
+    try:
+        prompt = backend.tokenize(chat("Hi"))
+        monkeypatch.setattr(scheduler_module, "GATHER_PROMPT_TOKENS", len(prompt) - 1)
+        started = time.monotonic()
+        events = list(scheduler.submit(prompt, SamplingParams(max_tokens=4, temperature=0.0)).iter_events(timeout=300))
+        took = time.monotonic() - started
+    finally:
+        scheduler.close()
+        backend.close()
+    assert isinstance(events[-1], Completion)
+    assert took < 30, f"the lone long request waited for company ({took:.1f} s)"
