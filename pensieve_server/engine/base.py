@@ -212,6 +212,13 @@ class Backend(ABC):
         payload = disk.read(entry) if entry is not None else None
         return (entry, shared, payload) if entry is not None and payload is not None else None
 
+    def idle_work_pending(self) -> bool:
+        """Whether work waits for a moment without requests (copying a prefix state out for the disk)."""
+        return False
+
+    def idle_work(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Do that work: the worker calls it once no request has come for a moment (scheduler.IDLE_WORK_AFTER_S)."""
+
     def attach_disk(self, disk: DiskStates) -> None:
         """Save long prefixes' states to ``disk`` and restore them from it (see engine/disk_states.py)."""
         self.disk = disk

@@ -38,6 +38,7 @@ class Slot:
     busy: bool = False
     last_used: int = 0
     copy_pending: bool = False  # a copy from another slot's KV stream that llama.cpp applies at the next decode
+    offer_pending: bool = False  # its request ended: offer its state to the disk once the engine is idle
 
 
 @dataclass
@@ -124,6 +125,9 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         tokens = list(prompt)
         slot = self._pick(free, tokens)
         shared = self._shared(slot, tokens)
+        if slot.offer_pending and self.disk is not None and len(slot.tokens) - shared >= self.disk.save_step:
+            self._offer_slot_to_disk(slot)  # this prompt would discard much of a state not yet offered
+        slot.offer_pending = False  # else what it keeps is offered, extended, when this request ends
         donor = max(self._slots, key=lambda s: self._shared(s, tokens))
         from_donor = self._shared(donor, tokens) if donor is not slot else 0
         # The disk first, and only when it beats the donor: llama.cpp applies a copy between KV streams
@@ -158,7 +162,17 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             running.slot.busy = False
             if not isinstance(running.sampler, GreedySampler):
                 self._lib.llama_sampler_free(running.sampler)
-            self._offer_slot_to_disk(running.slot)
+            running.slot.offer_pending = True  # copied out when idle, not before the next request
+
+    def idle_work_pending(self) -> bool:
+        return self.disk is not None and any(slot.offer_pending and not slot.busy for slot in self._slots)
+
+    def idle_work(self) -> None:
+        """Offer the states of finished requests to the disk store (a copy of their KV cells)."""
+        for slot in self._slots:
+            if slot.offer_pending and not slot.busy:
+                slot.offer_pending = False
+                self._offer_slot_to_disk(slot)
 
     def active(self) -> int:
         return len(self._running)
@@ -280,6 +294,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if not self._closed:
             for key in list(self._running):
                 self.release(key)
+            self.idle_work()  # states not yet offered go to the disk before the context is freed
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
         super().close()
