@@ -37,13 +37,8 @@ _NOTHING = object()  # Job._held when no event waits there
 # request's whole first chunk (1.4 s of queue seen on a 2-core CPU). With the harness's 5 ms lead the
 # turn announces itself (Scheduler.preparing) 7.8-10.9 ms after the side request is submitted, on a
 # quiet 2-core CPU (its 90 kB body is still on its way): 10 ms was won by about a millisecond, so a
-# busier machine lost it. 30 ms keeps a margin; it is paid only by a request that finds the worker idle.
+# busier machine lost it. 30 ms keeps a margin.
 GATHER_S = 0.03
-# Work a backend defers until no request runs (copying a finished request's prefix state out for the
-# disk: ~135 MB for Claude Code's prompt on the embedded model, 0.3 s that the next request waited for)
-# is done once the queue has stayed empty this long: Claude Code's follow-up after a quick tool, or a
-# benchmark's next request, comes sooner and goes first.
-IDLE_WORK_AFTER_S = 0.5
 # Only a first request of at most this many prompt tokens waits: Claude Code's side requests carry
 # about 400, its turns 6k-25k (system prompt and tools). A lone turn then starts at once: on a GPU its
 # warm time to first token is a few tens of ms, which the window would have doubled.
@@ -53,6 +48,11 @@ GATHER_PROMPT_TOKENS = 2048
 # side request (fitting a 21k-token request), and a side request started alone meanwhile takes the CPU
 # from that preparation and then holds the turn behind its own engine step.
 PREPARING_WAIT_S = 0.5
+# Work a backend defers until no request runs (copying a finished request's prefix state out for the
+# disk: ~135 MB for Claude Code's prompt on the embedded model, 0.3 s that the next request waited for)
+# is done once the queue has stayed empty this long: Claude Code's follow-up after a quick tool, or a
+# benchmark's next request, comes sooner and goes first.
+IDLE_WORK_AFTER_S = 0.5
 
 
 @dataclass
