@@ -196,7 +196,7 @@ class LlamaCppBackend(Backend):
         n_ctx = self.info.context_length
         llama = self._llama
         tokens = np.asarray(prompt, dtype=np.intc)
-        sampler = GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
+        sampler = self._new_sampler(params)
         try:
             cached = self._reuse_prefix(tokens)
             yield PrefixMatch(cached, min(self.restored_from_disk, cached))
@@ -212,8 +212,7 @@ class LlamaCppBackend(Backend):
             self._reset_live()  # the KV cache may no longer match input_ids
             raise
         finally:
-            if not isinstance(sampler, GreedySampler):
-                self._lib.llama_sampler_free(sampler)
+            self._free_sampler(sampler)
             self._offer_to_disk()
 
     def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int,
@@ -264,6 +263,15 @@ class LlamaCppBackend(Backend):
         """The logits llama.cpp will sample ``row`` from, as a writable view (masked in place)."""
         pointer = self._lib.llama_get_logits_ith(ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self._llama.n_vocab(),))
+
+    def _new_sampler(self, params: SamplingParams) -> Any:
+        """A request's sampler: numpy for greedy requests (greedy.py: same tokens, without llama.cpp's
+        per-token copy of the vocabulary), else llama.cpp's chain. Free it with :meth:`_free_sampler`."""
+        return GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
+
+    def _free_sampler(self, sampler: Any) -> None:
+        if not isinstance(sampler, GreedySampler):
+            self._lib.llama_sampler_free(sampler)
 
     def _make_sampler(self, params: SamplingParams) -> Any:
         lib = self._lib

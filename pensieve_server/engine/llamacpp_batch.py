@@ -23,7 +23,7 @@ import numpy as np
 from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
-from pensieve_server.engine.greedy import GreedySampler, is_greedy
+from pensieve_server.engine.greedy import GreedySampler
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
 from pensieve_server.engine.saved_states import common_prefix, prompt_keep
 from pensieve_server.models.store import ModelEntry
@@ -135,14 +135,13 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         shared_disk, restored = self._sequence_from_disk(tokens, max(shared, from_donor), self._ctx, slot.seq_id)
         if restored is not None:  # restored, or refused (the sequence is then empty)
             slot.tokens, shared = restored.tolist(), shared_disk
+        memory = self._lib.llama_get_memory(self._ctx)
         if (restored is None or not len(restored)) and from_donor > shared + 16:
-            memory = self._lib.llama_get_memory(self._ctx)
             # Slots are separate KV streams: llama.cpp copies whole sequences only, then trims.
             self._lib.llama_memory_seq_rm(memory, slot.seq_id, -1, -1)
             self._lib.llama_memory_seq_cp(memory, donor.seq_id, slot.seq_id, -1, -1)
             slot.tokens, shared = tokens[:from_donor], from_donor
             slot.copy_pending = True
-        memory = self._lib.llama_get_memory(self._ctx)
         keep = prompt_keep(shared, len(tokens))
         self._lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
         slot.tokens = slot.tokens[:keep]
@@ -150,8 +149,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         self._admitted += 1
         slot.last_used = self._admitted
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        sampler = GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
-        self._running[key] = Running(slot, sampler, self.info.context_length,
+        self._running[key] = Running(slot, self._new_sampler(params), self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
         return PrefixMatch(keep, min(self.restored_from_disk, keep))
 
@@ -160,8 +158,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         running = self._running.pop(key, None)
         if running is not None:
             running.slot.busy = False
-            if not isinstance(running.sampler, GreedySampler):
-                self._lib.llama_sampler_free(running.sampler)
+            self._free_sampler(running.sampler)
             running.slot.offer_pending = True  # copied out when idle, not before the next request
 
     def idle_work_pending(self) -> bool:

@@ -13,7 +13,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from pensieve_server.engine import llamacpp_batch
+from pensieve_server.engine import llamacpp_backend
 from pensieve_server.engine.base import SamplingParams
 from pensieve_server.engine.greedy import GreedySampler, is_greedy
 from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
@@ -104,7 +104,7 @@ def test_batched_decode_gives_llamacpps_tokens(model_store: ModelStore, monkeypa
 
     try:
         numpy_tokens = decode(in_numpy=True)
-        monkeypatch.setattr(llamacpp_batch, "is_greedy", lambda params: False)
+        monkeypatch.setattr(llamacpp_backend, "is_greedy", lambda params: False)
         llama_tokens = decode(in_numpy=False)
     finally:
         backend.close()
