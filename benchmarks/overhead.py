@@ -113,8 +113,10 @@ class StepStats:
         self.reports = 0
         self.cpu: dict[str, float] = {}
         self.real: tuple[int, float] = (0, 0.0)  # FreeDecode's real decodes and their seconds, at the last report
+        self.keep_alive: Any = None  # the counting log callback (--count-log), alive as long as llama.cpp may call it
 
     def reset(self) -> None:
+        self.log_counts: dict[str, int] = {}
         self.steps = self.tokens = self.free_steps = 0
         self.busy = self.free_busy = 0.0
         self.first = self.last = None
@@ -140,7 +142,8 @@ class StepStats:
             real = (decode.computed, decode.computed_s) if decode else (0, 0.0)
             data = {"report": self.reports, "steps": self.steps, "tokens": self.tokens, "busy_s": self.busy,
                     "span_s": span, "free_steps": self.free_steps, "free_busy_s": self.free_busy,
-                    "real_decodes": real[0] - self.real[0], "real_decode_s": real[1] - self.real[1], "cpu_s": since}
+                    "real_decodes": real[0] - self.real[0], "real_decode_s": real[1] - self.real[1], "cpu_s": since,
+                    "log_messages": dict(sorted(self.log_counts.items(), key=lambda kv: -kv[1])[:8])}
             self.real = real
             self.reset()
         tmp = path.with_suffix(".tmp")
@@ -179,6 +182,25 @@ def silence_llama_log() -> None:
     print("llama.cpp log: native no-op", flush=True)
 
 
+def count_llama_log(stats: StepStats) -> None:
+    """llama-cpp-python's Python log callback replaced by one that counts messages (digits masked) into
+    ``stats``: which messages reach Python, and how many per engine step (the GIL question above)."""
+    import ctypes
+    import re
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def counting(level: int, text: bytes, user_data: Any) -> None:
+        key = f"{level}:" + re.sub(r"\d+", "#", text.decode(errors="replace").strip())[:80]
+        with stats.lock:
+            stats.log_counts[key] = stats.log_counts.get(key, 0) + 1
+
+    stats.keep_alive = counting
+    llama_cpp._logger.llama_log_callback = counting  # what a load puts back (pensieve_server.engine.llamacpp_log)
+    llama_cpp.llama_log_set(counting, ctypes.c_void_p(0))
+
+
 def serve_child(args: argparse.Namespace) -> int:
     """``pensieve serve`` in this process, its backend's llama_decode made free (unless --real-decode)."""
     import types
@@ -212,6 +234,8 @@ def serve_child(args: argparse.Namespace) -> int:
     backend_class.__init__, backend_class.step = init, step
     if args.native_log:
         silence_llama_log()
+    elif args.count_log:
+        count_llama_log(stats)
     request = args.stats.with_suffix(".request")
 
     def answer_requests() -> None:  # a file, not a signal: a signal waits for the main thread's select()
@@ -253,6 +277,8 @@ class Server:
             cmd.append("--real-decode")
         if name in args.native_log_servers.split(","):
             cmd.append("--native-log")
+        elif args.count_log:
+            cmd.append("--count-log")
         self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         self.reports = self.asked = 0
 
@@ -374,7 +400,8 @@ def fmt(row: dict[str, Any]) -> str:
             f"{steps.get('real_decode_s') or 0:.2f} s), busy {steps.get('busy_s', 0) / row['wall_s'] * 100 if row['wall_s'] else 0:.0f}%"
             + "; cpu ms/token " + " ".join(f"{k} {v * 1000 / max(row['output_tokens'], 1):.3f}"
                                             for k, v in sorted((steps.get("cpu_s") or {}).items()))
-            + (f"; {len(row['errors'])} errors: {row['errors'][0]}" if row["errors"] else ""))
+            + (f"; {len(row['errors'])} errors: {row['errors'][0]}" if row["errors"] else "")
+            + (f"; llama.cpp messages to Python: {steps['log_messages']}" if steps.get("log_messages") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="these servers log llama.cpp through a native no-op, not llama-cpp-python's Python "
                              "callback (a GIL taken inside every CUDA llama_decode?): give one REPO two names to A/B it")
     parser.add_argument("--native-log", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count-log", action="store_true",
+                        help="servers count the llama.cpp messages that reach Python (per step, in each row)")
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="record each server with py-spy into DIR")
     parser.add_argument("--profile-streams", type=int, default=4)
     parser.add_argument("--profile-seconds", type=float, default=15.0)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.anthropic.template import CHATML_TEMPLATE, END_OF_TURN_TEXTS
-from pensieve_server.engine import devices
+from pensieve_server.engine import devices, llamacpp_log
 from pensieve_server.engine.base import (
     Backend,
     EngineError,
@@ -111,16 +111,17 @@ class LlamaCppBackend(Backend):
         device = devices.llamacpp_device() if device is None else device
         requested = gpu_layers_to_request(device)
         try:
-            llama = llama_cpp.Llama(
-                model_path=str(entry.weights),
-                n_ctx=max(context_length, 0),  # 0: the model's trained context
-                n_batch=N_BATCH,
-                n_ubatch=N_BATCH,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=requested,
-                verbose=False,  # also sets llama.cpp's own log level to errors only
-            )
+            with llamacpp_log.python_log_while_loading(llama_cpp):
+                llama = llama_cpp.Llama(
+                    model_path=str(entry.weights),
+                    n_ctx=max(context_length, 0),  # 0: the model's trained context
+                    n_batch=N_BATCH,
+                    n_ubatch=N_BATCH,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_gpu_layers=requested,
+                    verbose=False,  # also sets llama.cpp's own log level to errors only
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {entry.name} from {entry.path}: {exc}") from None
         metadata = llama.metadata

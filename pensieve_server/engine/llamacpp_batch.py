@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pensieve_server.engine import llamacpp_log
 from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
@@ -106,7 +107,8 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         # cells: measured here, 14 tok/s instead of 81 for one stream once another slot held 2k tokens.
         params.kv_unified = False
         params.n_batch = params.n_ubatch = N_BATCH + parallel
-        ctx = lib.llama_init_from_model(llama.model, params)
+        with llamacpp_log.python_log_while_loading(lib):
+            ctx = lib.llama_init_from_model(llama.model, params)
         if not ctx:
             single.close()
             raise ModelLoadError(f"llama.cpp could not make a {parallel}-slot context for {entry.name}; "
