@@ -31,7 +31,7 @@ from pensieve_server.engine.base import (
     Step,
 )
 from pensieve_server.engine.constraint import ConstrainedRun, TokenGrammars
-from pensieve_server.engine.greedy import GreedySampler, is_greedy
+from pensieve_server.engine.sampling import Sampler, make_sampler
 from pensieve_server.engine.saved_states import (
     DEFAULT_CACHE_BYTES,
     SavedStates,
@@ -197,7 +197,7 @@ class LlamaCppBackend(Backend):
         n_ctx = self.info.context_length
         llama = self._llama
         tokens = np.asarray(prompt, dtype=np.intc)
-        sampler = self._new_sampler(params)
+        sampler = make_sampler(params)  # numpy on llama.cpp's logits: sampling.py says why
         try:
             cached = self._reuse_prefix(tokens)
             yield PrefixMatch(cached, min(self.restored_from_disk, cached))
@@ -213,25 +213,19 @@ class LlamaCppBackend(Backend):
             self._reset_live()  # the KV cache may no longer match input_ids
             raise
         finally:
-            self._free_sampler(sampler)
             self._offer_to_disk()
 
-    def _decode(self, sampler: Any, cached: int, cancel: threading.Event, n_ctx: int,
+    def _decode(self, sampler: Sampler, cached: int, cancel: threading.Event, n_ctx: int,
                 run: ConstrainedRun | None = None) -> Iterator[Step]:
         """The per-token loop: (mask,) sample, yield, then evaluate the token (the last one is never evaluated)."""
-        llama, ctx, sample = self._llama, self._llama.ctx, self._lib.llama_sampler_sample
+        llama, ctx = self._llama, self._llama.ctx
         pieces, piece_of = self._pieces, self._piece
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode  # never splits a character
         while not cancel.is_set():
-            if isinstance(sampler, GreedySampler):
-                logits = self._logits(ctx, -1)
-                if run is not None and run.active:
-                    run.mask_logits(logits)
-                token = sampler.sample(logits)
-            else:
-                if run is not None and run.active:
-                    run.mask_logits(self._logits(ctx, -1))
-                token = sample(sampler, ctx, -1)
+            logits = self._logits(ctx, -1)
+            if run is not None and run.active:
+                run.mask_logits(logits)
+            token = sampler.sample(logits)
             piece = pieces.get(token)
             if piece is None:
                 piece = piece_of(token)
@@ -264,37 +258,6 @@ class LlamaCppBackend(Backend):
         """The logits llama.cpp will sample ``row`` from, as a writable view (masked in place)."""
         pointer = self._lib.llama_get_logits_ith(ctx, row)
         return np.ctypeslib.as_array(pointer, shape=(self._llama.n_vocab(),))
-
-    def _new_sampler(self, params: SamplingParams) -> Any:
-        """A request's sampler: numpy for greedy requests (greedy.py: same tokens, without llama.cpp's
-        per-token copy of the vocabulary), else llama.cpp's chain. Free it with :meth:`_free_sampler`."""
-        return GreedySampler(params) if is_greedy(params) else self._make_sampler(params)
-
-    def _free_sampler(self, sampler: Any) -> None:
-        if not isinstance(sampler, GreedySampler):
-            self._lib.llama_sampler_free(sampler)
-
-    def _make_sampler(self, params: SamplingParams) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if params.repeat_penalty != 1.0 and params.repeat_last_n > 0:
-            # Only generated tokens enter its history (llama_sampler_sample accepts each one), so
-            # the end-of-turn tokens all over the prompt are never penalised.
-            penalties = lib.llama_sampler_init_penalties(
-                self._llama.n_vocab(), params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
-            )
-            lib.llama_sampler_chain_add(chain, penalties)
-        if params.temperature <= 0 or params.top_k == 1:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        if params.top_k > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(params.top_k))
-        if 0 < params.top_p < 1:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
-        seed = lib.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
 
     # -- prefix cache ------------------------------------------------------------------------------
     def _reuse_prefix(self, prompt: np.ndarray) -> int:

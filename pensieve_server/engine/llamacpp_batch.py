@@ -24,8 +24,8 @@ from pensieve_server.engine import llamacpp_log
 from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
-from pensieve_server.engine.greedy import GreedySampler
 from pensieve_server.engine.llamacpp_backend import N_BATCH, LlamaCppBackend
+from pensieve_server.engine.sampling import Sampler, make_sampler
 from pensieve_server.engine.saved_states import common_prefix, prompt_keep
 from pensieve_server.models.store import ModelEntry
 
@@ -47,7 +47,7 @@ class Running:
     """A request in a slot: the prompt left to prefill, then one pending token per decode step."""
 
     slot: Slot
-    sampler: Any  # llama.cpp's sampler chain, or a GreedySampler (greedy.py) for greedy requests
+    sampler: Sampler  # numpy, on llama.cpp's logits (sampling.py)
     context_limit: int
     pending: list[int]
     cached: int
@@ -151,7 +151,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         self._admitted += 1
         slot.last_used = self._admitted
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._running[key] = Running(slot, self._new_sampler(params), self.info.context_length,
+        self._running[key] = Running(slot, make_sampler(params), self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
         return PrefixMatch(keep, min(self.restored_from_disk, keep))
 
@@ -160,7 +160,6 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         running = self._running.pop(key, None)
         if running is not None:
             running.slot.busy = False
-            self._free_sampler(running.sampler)
             running.slot.offer_pending = True  # copied out when idle, not before the next request
 
     def idle_work_pending(self) -> bool:
@@ -183,7 +182,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         """
         batch, lib = self._batch, self._lib
         n = 0
-        rows: list[tuple[Hashable, Running, int]] = []
+        rows: list[tuple[Hashable, Running]] = []  # the requests sampled this step, in batch order
         full: dict[Hashable, Step | None] = {}
         order, budget = prefill_plan(self._running.items(), N_BATCH)
         for key, running in order:
@@ -206,7 +205,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
                 last = index == len(take) - 1 and len(take) == len(running.pending)
                 batch.logits[n] = 1 if last else 0
                 if last:
-                    rows.append((key, running, n))
+                    rows.append((key, running))
                 n += 1
             slot.tokens.extend(take)
             running.pending = running.pending[len(take):]
@@ -221,15 +220,11 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             slot.copy_pending = False  # the decode applied every queued copy first
         steps = full
         logits = self._rows_logits(len(rows))
-        for index, (key, running, row) in enumerate(rows):
+        for index, (key, running) in enumerate(rows):
             run = running.constraint
             if run is not None and run.active:
                 run.mask_logits(logits[index])
-            sampler = running.sampler
-            if isinstance(sampler, GreedySampler):
-                token = sampler.sample(logits[index])
-            else:
-                token = lib.llama_sampler_sample(sampler, self._ctx, row)
+            token = running.sampler.sample(logits[index])
             piece = self._pieces.get(token)
             if piece is None:
                 piece = self._piece(token)
