@@ -323,7 +323,7 @@ class Server:
             self.proc.kill()
 
 
-def run_streams(server: Server, streams: int, max_tokens: int, salt: str) -> dict[str, Any]:
+def run_streams(server: Server, streams: int, max_tokens: int, salt: str, temperature: float = 0.0) -> dict[str, Any]:
     """``streams`` streaming requests at once; aggregate = output tokens / wall."""
     import httpx
 
@@ -336,7 +336,7 @@ def run_streams(server: Server, streams: int, max_tokens: int, salt: str) -> dic
                           limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
 
     def one(index: int) -> None:
-        body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+        body = {"model": MODEL, "max_tokens": max_tokens, "temperature": temperature, "stream": True,
                 "system": "You are a helpful assistant.",
                 "messages": [{"role": "user", "content": f"Session {salt}-{index}. Count from one to a thousand, "
                               "in words, one number per line."}]}
@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", action="append", default=[], metavar="NAME=REPO",
                         help="a server running REPO's code (repeat to compare; default: this checkout)")
     parser.add_argument("--real-decode", action="store_true", help="leave llama_decode alone (measure a GPU for real)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="the requests' temperature (0: greedy; Claude Code sends none, so it gets 0.2)")
     parser.add_argument("--serve-args", default="", help="extra `pensieve serve` flags, one string")
     parser.add_argument("--native-log-servers", default="", metavar="NAME,...",
                         help="these servers log llama.cpp through a native no-op, not llama-cpp-python's Python "
@@ -445,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             for streams in counts:
                 order = servers if (rnd + streams) % 2 == 0 else servers[::-1]
                 for server in order:
-                    row = run_streams(server, streams, args.max_tokens, f"r{rnd}-s{streams}")
+                    row = run_streams(server, streams, args.max_tokens, f"r{rnd}-s{streams}", args.temperature)
                     row["round"] = rnd
                     rows.append(row)
                     print(fmt(row), flush=True)
