@@ -6,17 +6,27 @@ order until the prompt plus room for the answer fits:
 
 1. compact tool descriptions to their first line/sentence;
 2. drop annotations (descriptions, titles, examples, ``$schema``) inside tools' input schemas;
-3. trim the longest system texts (top-level blocks and inline ``role: "system"`` items) to a
-   fixed ladder of lengths, keeping the head and adding a marker;
+3. trim the longest system texts (top-level blocks and inline ``role: "system"`` items) to one
+   level of a fixed ladder of lengths, keeping the head and adding a marker;
 4. drop the oldest turns after the first user turn (the task), in whole tool_use/tool_result
    pairs, keeping user/assistant alternation and the last user turn;
 5. otherwise raise ``PromptTooLong``.
 
 Every step depends only on the blocks it changes and on the context length, never on the size of
-the newest turn (no binary search on the tail): the next turn of the same conversation fits its
+the newest turns (no binary search on the tail): the next turn of the same conversation fits its
 earlier turns the same way, so its prompt extends the previous one and the prefix cache hits.
-Steps 3 and 4 move in fixed quanta (ladder levels; drops in units of ``context_length // 8``
-tokens), so the prefix changes only when a conversation crosses one of those thresholds.
+Whether a step runs at all depends on the whole request (one that fits is left alone), so steps 1
+and 2, and the start of trimming, each change a conversation's prompt once, on the turn it first
+outgrows the window (with Claude Code at 8k: the first request already).
+
+Step 3's level is chosen from the conversation's fixed part alone: system, tools and the messages
+up to the first user turn, the part step 4 never drops (see ``stable_trim_level``). A conversation
+that grows therefore keeps the same trimmed system text, and only step 4 absorbs the growth, in
+drops of whole ``context_length // 8``-token quanta, so the prefix changes only when a conversation
+crosses one of those thresholds, and then after the system text and tools. (Choosing the first
+level at which the whole request fits instead moved the system text a level down as turns were
+added, which broke the cache inside the system prompt: a cold prefill of the whole window.) Only
+when the newest turns can't fit at that level even after dropping are later levels tried.
 
 The room kept for the answer is ``min(max_tokens, max(min_answer_tokens, context_length // 8),
 context_length // 2)``: enough to finish a tool call or a short answer without starving the prompt.
@@ -105,8 +115,18 @@ def strip_tool_schemas(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
 # -- step 3: system texts ---------------------------------------------------------------------------
 
 def system_trim_levels(context_length: int) -> list[int]:
-    """Character caps tried in order: about 1/2, 1/4 and 1/8 of the context at ≈4 characters a token."""
+    """Character caps, least aggressive first: about 1/2, 1/4 and 1/8 of the context at ≈4 characters
+    a token."""
     return [max(256, context_length * 2), max(256, context_length), max(256, context_length // 2)]
+
+
+def turns_reserve(context_length: int) -> int:
+    """Tokens the fixed part must leave for later turns when step 3 picks its level: two drop quanta,
+    one for the recent turns kept after a drop and one for the newest exchange (which step 4 can
+    never drop). Less would leave a big tool result no room at the chosen level, so fitting would
+    fall to a later level for that turn (a cache miss, twice); more trims the system text harder than
+    the turns need."""
+    return 2 * max(1, context_length // 8)
 
 
 def trim_text(text: str, limit: int) -> str:
@@ -130,8 +150,11 @@ def _trim_blocks(blocks: list[dict[str, Any]], limit: int) -> tuple[list[dict[st
     return out, changed
 
 
-def trim_system(request: MessagesRequest, limit: int) -> tuple[MessagesRequest, int]:
-    """``request`` with every system text longer than ``limit`` characters trimmed; how many were."""
+def trim_system(request: MessagesRequest, limit: int | None) -> tuple[MessagesRequest, int]:
+    """``request`` with every system text longer than ``limit`` characters trimmed; how many were.
+    ``None`` trims nothing."""
+    if limit is None:
+        return request, 0
     system, changed = _trim_blocks(request.system, limit)
     messages = []
     for message in request.messages:
@@ -144,6 +167,36 @@ def trim_system(request: MessagesRequest, limit: int) -> tuple[MessagesRequest, 
                 changed += count
         messages.append(message)
     return request.replace(system=system, messages=messages), changed
+
+
+def fixed_part(request: MessagesRequest) -> MessagesRequest:
+    """``request`` up to its first user turn (the task): what step 4 never drops and later turns
+    never change. Inline system items before that turn belong to it; those after it (Claude Code puts
+    its agent list right after the task) don't: step 4 drops them with the first turns it drops, and
+    system items further on arrive with the turns that grow the conversation."""
+    first = next((i for i, m in enumerate(request.messages) if m.get("role") == "user"), None)
+    return request if first is None else request.replace(messages=request.messages[: first + 1])
+
+
+def stable_trim_level(request: MessagesRequest, count: CountTokens, context_length: int,
+                      room: int) -> int:
+    """Index into ``[None, *system_trim_levels(context_length)]`` of the least aggressive level at
+    which the fixed part plus the answer room leaves ``turns_reserve`` tokens for the turns (the most
+    aggressive level when none does).
+
+    It reads the fixed part only, so every turn of a conversation gets the same level: the trimmed
+    system text, and with it the cached prefix, survive the conversation's growth, and dropping old
+    turns (which keeps system, tools and task cached) absorbs it. The least aggressive such level
+    keeps as much of the system prompt as leaves the turns their reserve; a level fitting the whole
+    request would be more generous on a short conversation but would have to move as it grows.
+    """
+    fixed = fixed_part(request)
+    limits = [None, *system_trim_levels(context_length)]
+    target = context_length - room - turns_reserve(context_length)
+    for index, limit in enumerate(limits):
+        if count(trim_system(fixed, limit)[0]) <= target:
+            return index
+    return len(limits) - 1
 
 
 # -- step 4: oldest turns ---------------------------------------------------------------------------
@@ -294,22 +347,27 @@ def fit_request(
         if current_tokens <= budget:
             return done(current, current_tokens, actions)
 
-    base, trim_action = current, None
-    for limit in system_trim_levels(context_length):
-        trimmed, changed = trim_system(base, limit)
-        if not changed:
-            continue
-        current, current_tokens = trimmed, count_tokens(trimmed)
-        trim_action = f"trimmed {_plural(changed, 'system text')} to {limit} characters"
-        if current_tokens <= budget:
-            return done(current, current_tokens, [*actions, trim_action])
-    if trim_action:
-        actions.append(trim_action)
+    # Steps 3 and 4: the level chosen from the fixed part, dropping turns at it; later levels only when
+    # this request can't fit at it, and (trimming less rarely helps) earlier ones without dropping.
+    limits: list[int | None] = [None, *system_trim_levels(context_length)]
+    start = stable_trim_level(current, count_tokens, context_length, room)
+    quantum = max(1, context_length // 8)
+    smallest, tried = current_tokens, []
+    for index in [*range(start, len(limits)), *reversed(range(start))]:
+        trimmed, changed = trim_system(current, limits[index])
+        if trimmed in tried:
+            continue  # this level trims nothing more than one already tried
+        tried.append(trimmed)
+        steps = [*actions, f"trimmed {_plural(changed, 'system text')} to {limits[index]} characters"] \
+            if changed else actions
+        trimmed_tokens = count_tokens(trimmed) if changed else current_tokens
+        smallest = min(smallest, trimmed_tokens)
+        if trimmed_tokens <= budget:
+            return done(trimmed, trimmed_tokens, steps)
+        dropped = _fit_by_dropping(trimmed, count_tokens, trimmed_tokens, budget, quantum) \
+            if index >= start else None
+        if dropped is not None:
+            fitted, fitted_tokens, messages = dropped
+            return done(fitted, fitted_tokens, [*steps, f"dropped {_plural(messages, 'old message')}"])
 
-    dropped = _fit_by_dropping(current, count_tokens, current_tokens, budget, max(1, context_length // 8))
-    if dropped is not None:
-        fitted, fitted_tokens, messages = dropped
-        actions.append(f"dropped {_plural(messages, 'old message')}")
-        return done(fitted, fitted_tokens, actions)
-
-    raise PromptTooLong(max(tokens, current_tokens + room), context_length)
+    raise PromptTooLong(max(tokens, smallest + room), context_length)

@@ -15,7 +15,10 @@ from pensieve_server.anthropic.fitting import (
     compact_tool_descriptions,
     drop_points,
     fit_request,
+    fixed_part,
+    stable_trim_level,
     strip_tool_schemas,
+    turns_reserve,
 )
 from pensieve_server.anthropic.render import render_prompt
 from pensieve_server.anthropic.types import MessagesRequest
@@ -207,6 +210,76 @@ def test_step_3_also_trims_inline_system_items() -> None:
     messages[1] = {"role": "system", "content": text("Agents:\n" + "agent line\n" * 2000)}
     result = fit_request(make_request(messages), count_tokens=count, context_length=4096, policy="fit")
     assert result.request.messages[1]["content"][0]["text"].endswith(TRIM_MARKER)
+
+
+def rules(count: int) -> str:
+    return "\n".join(f"Rule {i}: always be careful with item {i}." for i in range(count))
+
+
+def trim_actions(result) -> list[str]:
+    return [action for action in result.actions if action.startswith("trimmed")]
+
+
+def lean_tools() -> list[dict]:
+    """make_tools() after steps 1 and 2, as step 3 sees them."""
+    return strip_tool_schemas(compact_tool_descriptions(make_tools())[0])[0]
+
+
+@pytest.mark.parametrize(("system_lines", "task_chars", "level"), [
+    (150, 0, None), (250, 0, 8192), (400, 0, 8192), (800, 2400, 4096),
+])
+def test_step_3_level_comes_from_the_fixed_part_and_never_moves_as_turns_are_added(
+        system_lines: int, task_chars: int, level: int | None) -> None:
+    """The old ladder took the first level at which the whole request fit, so a growing conversation
+    moved its system text down a level (a cache miss inside the system prompt): here it must not."""
+    context, levels = 4096, set()
+    for pairs in range(1, 41):
+        messages = agent_messages(pairs)
+        messages[0] = {"role": "user", "content": text("Please fix the failing test. " + "c" * task_chars)}
+        request = make_request(messages, system=rules(system_lines))
+        result = fit_request(request, count_tokens=count, context_length=context, policy="fit")
+        assert result.prompt_tokens + answer_room(100, context) <= context
+        if count(request.replace(tools=lean_tools())) > context - answer_room(100, context):  # step 3 ran
+            levels.add(tuple(trim_actions(result)))
+    assert levels == {(f"trimmed 1 system text to {level} characters",) if level else ()}
+
+
+def test_stable_level_leaves_a_quarter_of_the_context_to_the_turns() -> None:
+    request = make_request(agent_messages(30), system=rules(250), tools=lean_tools())  # ≈10k characters
+    room = answer_room(100, 4096)
+    assert turns_reserve(4096) == 1024
+    assert fixed_part(request).messages == request.messages[:1]  # the agent list after the task can be dropped
+    assert stable_trim_level(request, count, 4096, room) == 1  # [None, 8192, 4096, 2048][1]
+    assert count(fixed_part(request)) + room + 1024 > 4096  # untrimmed it wouldn't leave the reserve
+
+
+def test_inline_system_items_after_the_task_do_not_move_the_level() -> None:
+    """Claude Code's agent list sits right after the task and later system items arrive with new
+    turns: neither is part of the fixed part, so a long one doesn't change the system text's level."""
+    short, long = agent_messages(12), agent_messages(12)
+    long[1] = {"role": "system", "content": text("Agents:\n" + "agent line\n" * 2000)}
+    long[7:7] = [{"role": "system", "content": text("Reminder:\n" + "remember this\n" * 600)}]
+    fitted = [fit_request(make_request(messages, system=rules(250)), count_tokens=count, context_length=4096,
+                          policy="fit") for messages in (short, long)]
+    assert [trim_actions(result) for result in fitted] == [
+        ["trimmed 1 system text to 8192 characters"], ["trimmed 3 system texts to 8192 characters"]]
+    assert fitted[0].request.system == fitted[1].request.system
+
+
+def test_a_newest_turn_too_big_for_the_level_falls_back_to_a_later_one() -> None:
+    """Dropping can't remove the last exchange: when it doesn't fit at the fixed part's level, later
+    levels are tried (and the next turn, once the big result can be dropped, goes back)."""
+    messages = agent_messages(6)
+    messages[7]["content"][0]["content"] = "z" * 8800  # the third tool result: ≈2,200 tokens
+    request = make_request(messages[:8], system=rules(250))
+    assert stable_trim_level(request.replace(tools=lean_tools()), count, 4096, answer_room(100, 4096)) == 1
+    result = fit_request(request, count_tokens=count, context_length=4096, policy="fit")
+    assert trim_actions(result) == ["trimmed 1 system text to 4096 characters"]
+    assert result.prompt_tokens + answer_room(100, 4096) <= 4096
+    later = make_request(messages, system=rules(250))
+    later_result = fit_request(later, count_tokens=count, context_length=4096, policy="fit")
+    assert trim_actions(later_result) == ["trimmed 1 system text to 8192 characters"]
+    assert re.fullmatch(r"dropped \d+ old messages", later_result.actions[-1])
 
 
 def test_step_4_drops_oldest_pairs_keeping_task_and_last_turn() -> None:
