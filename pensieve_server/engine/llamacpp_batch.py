@@ -185,18 +185,21 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         rows: list[tuple[Hashable, Running]] = []  # the requests sampled this step, in batch order
         full: dict[Hashable, Step | None] = {}
         order, budget = prefill_plan(self._running.items(), N_BATCH)
+        chosen: list[tuple[Hashable, Running, list[int]]] = []
         for key, running in order:
-            slot = running.slot
-            if len(slot.tokens) + 1 >= running.context_limit:
+            if len(running.slot.tokens) + 1 >= running.context_limit:
                 full[key] = None
-                continue
-            if len(running.pending) == 1:
-                take = running.pending
+            elif len(running.pending) == 1:
+                chosen.append((key, running, running.pending))
             elif budget > 0:
-                take = running.pending[:budget]
-                budget -= len(take)
-            else:
-                continue
+                chosen.append((key, running, running.pending[:budget]))
+                budget -= len(chosen[-1][2])
+        # In slot order: llama.cpp splits a batch over separate KV streams into one compute pass per run
+        # of consecutive sequence ids (llama_batch_allocr::split_equal), so 4 streams in the order 3, 2,
+        # 1, 0 took 4 passes where 0, 1, 2, 3 take one (a 4-stream step on the VM: 37 ms against 24).
+        chosen.sort(key=lambda item: item[1].slot.seq_id)
+        for key, running, take in chosen:
+            slot = running.slot
             for index, token in enumerate(take):
                 batch.token[n] = token
                 batch.pos[n] = len(slot.tokens) + index
