@@ -42,6 +42,15 @@ if fits 90 "run.py new"; then
   tail -8 /tmp/run-new.log | tee -a $S
 fi
 
+if [ -d /tmp/base ] && fits 80 "run.py base"; then  # Pensieve alone on the code before, same session
+  echo "== run.py base: pensieve-llamacpp" | tee -a $S
+  (cd /tmp/base && timeout $(( $(left) - 5 < 150 ? $(left) - 5 : 150 )) python3 -c "import llama_cpp, runpy, sys; sys.argv = ['benchmarks/run.py'] + sys.argv[1:]; runpy.run_path('benchmarks/run.py', run_name='__main__')" \
+    --machine h200-base --out /tmp/results-base --max-tokens 256 --contenders pensieve-llamacpp > /tmp/run-base.log 2>&1)
+  echo "rc=$?" | tee -a $S
+  grep -B2 -A12 "Concurrent streams\|Single requests\|Claude Code request" /tmp/results-base/*.md | tee -a $S
+  cp /tmp/results-base/*.md $OUT/run-base.md 2>/dev/null; cp /tmp/results-base/*.json $OUT/run-base.json 2>/dev/null
+fi
+
 if fits 60 "py-spy of new"; then
   echo "== py-spy, new, 4 streams" | tee -a $S
   timeout $(( $(left) - 5 )) python3 /tmp/new/benchmarks/overhead.py --server new=/tmp/new --real-decode --streams 4 \
