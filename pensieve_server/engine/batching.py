@@ -18,6 +18,9 @@ class BatchingBackend(Backend):
     """A backend with ``parallel`` slots; requests are keyed by any hashable the scheduler picks."""
 
     parallel: int = 1
+    # Prompt tokens per second, measured on the backend's own prefill steps (None: not yet, or not
+    # measured by this backend). The scheduler skips its gather window when a prefill is that quick.
+    prefill_tokens_per_s: float | None = None
 
     @abstractmethod
     def admit(self, key: Hashable, prompt: Sequence[int], params: SamplingParams) -> PrefixMatch | None:

@@ -14,6 +14,7 @@ again), so Claude Code's system prompt and tools are prefilled once for its para
 from __future__ import annotations
 
 import codecs
+import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,9 @@ class Running:
     decoder: Any
     first: bool = True
     constraint: ConstrainedRun | None = None
+
+
+PREFILL_SAMPLE_TOKENS = 64  # a step carrying at least this many prompt tokens measures prefill_tokens_per_s
 
 
 def prefill_plan(running: Iterable[tuple[Hashable, Running]], budget: int) -> tuple[list[tuple[Hashable, Running]], int]:
@@ -215,6 +219,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if n == 0:
             return full
         batch.n_tokens = n
+        started = time.perf_counter()
         status = lib.llama_decode(self._ctx, batch)
         if status != 0:
             self._reset_all()
@@ -222,7 +227,11 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         for slot in self._slots:
             slot.copy_pending = False  # the decode applied every queued copy first
         steps = full
-        logits = self._rows_logits(len(rows))
+        logits = self._rows_logits(len(rows))  # waits for the GPU: the step's compute ends here
+        if n - len(rows) >= PREFILL_SAMPLE_TOKENS:
+            rate = n / max(time.perf_counter() - started, 1e-6)
+            previous = self.prefill_tokens_per_s
+            self.prefill_tokens_per_s = rate if previous is None else (previous + rate) / 2
         for index, (key, running) in enumerate(rows):
             run = running.constraint
             if run is not None and run.active:

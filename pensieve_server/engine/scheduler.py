@@ -306,9 +306,15 @@ class BatchScheduler(Scheduler):
     def _gather_wait(self) -> float:
         """How long the idle worker waits for company: GATHER_S behind a short first request (a side
         request, with a turn likely right behind it), nothing behind a long one (a turn, which a short
-        request arriving later joins at the next step)."""
-        short = any(len(job.prompt) <= GATHER_PROMPT_TOKENS for job, _ in self.running.values())
-        return GATHER_S if short else 0.0
+        request arriving later joins at the next step), nor behind one whose whole prefill takes less
+        than the window at the backend's measured speed (a GPU: the turn waits no longer behind that
+        step than it would in the window, and a lone request starts at once, not GATHER_S later)."""
+        rate = getattr(self.backend, "prefill_tokens_per_s", None)
+        for job, _ in self.running.values():
+            short = len(job.prompt) <= GATHER_PROMPT_TOKENS
+            if short and not (rate and len(job.prompt) / rate < GATHER_S):
+                return GATHER_S
+        return 0.0
 
     def _run(self) -> None:
         backend = self.backend

@@ -117,3 +117,32 @@ def test_a_long_first_request_starts_without_waiting_for_company(model_store: Mo
         backend.close()
     assert isinstance(events[-1], Completion)
     assert took < 30, f"the lone long request waited for company ({took:.1f} s)"
+
+
+def test_a_lone_short_request_skips_the_window_when_the_backend_prefills_it_sooner(
+        model_store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a short prompt's whole prefill beats the window: waiting would only add GATHER_S to its
+    first token. The backend measures its own prefill speed; a slow one (a CPU) still waits."""
+    monkeypatch.setattr(scheduler_module, "GATHER_S", 1.5)
+    backend = LlamaCppBatchBackend.load_batched(model_store.embedded(), parallel=2, context_length=2048)
+    scheduler = make_scheduler(backend, queue_size=4)
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+
+    def first_token_after(question: str) -> float:
+        job = scheduler.submit(backend.tokenize(chat(question)), params)
+        started = time.perf_counter()
+        for event in job.iter_events(timeout=300):
+            if isinstance(event, TextDelta):
+                elapsed = time.perf_counter() - started
+        return elapsed
+
+    try:
+        first_token_after(f"{RULES} Warm up.")  # a prefill of > 64 tokens: the backend measures itself
+        assert backend.prefill_tokens_per_s and backend.prefill_tokens_per_s > 0
+        backend.prefill_tokens_per_s = 1e9  # as quick as a GPU could be: the window is skipped
+        assert first_token_after("Hi") < 1.0
+        backend.prefill_tokens_per_s = 1.0  # one token a second: the window stays
+        assert first_token_after("Hello") >= 1.5
+    finally:
+        scheduler.close()
+        backend.close()
