@@ -309,7 +309,7 @@ class BatchScheduler(Scheduler):
         request arriving later joins at the next step), nor behind one whose whole prefill takes less
         than the window at the backend's measured speed (a GPU: the turn waits no longer behind that
         step than it would in the window, and a lone request starts at once, not GATHER_S later)."""
-        rate = getattr(self.backend, "prefill_tokens_per_s", None)
+        rate = self.backend.prefill_tokens_per_s
         for job, _ in self.running.values():
             short = len(job.prompt) <= GATHER_PROMPT_TOKENS
             if short and not (rate and len(job.prompt) / rate < GATHER_S):

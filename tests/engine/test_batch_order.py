@@ -12,10 +12,7 @@ from __future__ import annotations
 from pensieve_server.engine.base import SamplingParams
 from pensieve_server.engine.llamacpp_batch import LlamaCppBatchBackend
 from pensieve_server.models.store import ModelStore
-
-
-def chat(question: str) -> str:
-    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+from tests.engine.test_llamacpp_backend import chat
 
 
 def test_streams_admitted_out_of_slot_order_decode_in_one_pass(model_store: ModelStore) -> None:
