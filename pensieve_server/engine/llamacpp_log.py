@@ -1,9 +1,10 @@
-"""llama.cpp's log while serving goes to a native no-op, so ``llama_decode`` never waits for Python's GIL.
+"""llama.cpp's log while serving goes to a native no-op, so ``llama_decode`` never calls into Python.
 
 llama-cpp-python sends every llama.cpp and ggml message through a Python callback (printing only errors
 when ``verbose=False``). A CUDA build of ggml logs a debug line on every CUDA graph reuse, from inside
-``llama_decode``: each decode then has to take the GIL, which an HTTP thread writing another stream may
-hold, and the whole batch waits. Between loads the callback is a C function that ignores its arguments;
+``llama_decode``, so each decode took the GIL once. Measured on the H200 (benchmarks/results/
+2026-12-03-h200-log-sampling-order.md) that cost no visible step time; the sink stays because it is
+free. Between loads the callback is a C function that ignores its arguments;
 while a model or a context loads, llama-cpp-python's own callback is back, so llama.cpp's errors there (a
 context too large for memory, say) still reach stderr.
 """
