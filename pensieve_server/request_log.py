@@ -37,6 +37,7 @@ class RequestLog:
     engine: str
     prompt_tokens: int | None = None
     fit_actions: list[str] = field(default_factory=list)
+    prepare_s: float = 0.0  # before the model queue: loading, parsing, fitting, rendering, tokenizing
     match: PrefixMatch | None = None
     done: bool = False
 
@@ -61,8 +62,8 @@ class RequestLog:
         self.prompt_tokens = completion.input_tokens
         self.match = PrefixMatch(completion.cached_tokens, completion.cached_from_disk)
         timings = completion.timings
-        log.info("%s queue=%.2fs prefill=%.2fs ttft=%.2fs output=%d decode=%.1ftok/s stop=%s",
-                 self._head(), timings.queued_s, timings.prefill_s, timings.ttft_s, completion.output_tokens,
+        log.info("%s prepare=%.2fs queue=%.2fs prefill=%.2fs ttft=%.2fs output=%d decode=%.1ftok/s stop=%s",
+                 self._head(), self.prepare_s, timings.queued_s, timings.prefill_s, timings.ttft_s, completion.output_tokens,
                  completion.decode_tokens_per_s, clean(completion.stop_reason))
 
     def forwarded(self, usage: dict[str, Any], stop_reason: str | None) -> None:

@@ -8,6 +8,7 @@ here, once: the ``max_tokens`` check, the context-window stop reason, metrics an
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -36,12 +37,15 @@ class MessagesService:
 
     # -- preparing --------------------------------------------------------------------------------
     def prepare(self, body: Any) -> Prepared:
+        started = time.perf_counter()
         request = _without_server_tools(parse_messages_request(
             body, max_messages=self.settings.max_messages, max_tools=self.settings.max_tools
         ))
         target = self.provider.load(request.model)
         self._check_max_tokens(request, target)
-        return self.provider.prepare(request, body, target)
+        prepared = self.provider.prepare(request, body, target)
+        prepared.prepare_s = time.perf_counter() - started
+        return prepared
 
     def _check_max_tokens(self, request: MessagesRequest, target: Target) -> None:
         """Under the strict policy a ``max_tokens`` beyond the context is the client's error, as upstream."""
@@ -71,7 +75,7 @@ class MessagesService:
         """
         target = prepared.target
         record = RequestLog(request_id, prepared.request.model, target.name, target.engine,
-                            prepared.prompt_tokens, prepared.fit_actions)
+                            prepared.prompt_tokens, prepared.fit_actions, prepare_s=prepared.prepare_s)
         events = self.provider.events(prepared, job, ping_interval, _Outcome(prepared, self.metrics, record))
         try:
             yield from (_forwarded(events, record) if prepared.forwarded else events)

@@ -151,7 +151,8 @@ class DiskStates:
         self._queued: dict[str, np.ndarray] = {}  # states handed to the writer, not on disk yet
         self._skipped: set[tuple[str, int]] = set()  # (name, mtime_ns) already reported
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[np.ndarray, Callable[[], bytes]] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[tuple[np.ndarray, Callable[[], bytes | memoryview], Callable[[], None]] | None] = (
+            queue.Queue(maxsize=2))
         self._writer: threading.Thread | None = None
         self._pending = 0
 
@@ -254,16 +255,24 @@ class DiskStates:
         covered = max((common_prefix(e.tokens, tokens) for e in entries), default=0)
         return len(tokens) - covered >= min(self.save_step, len(tokens) // 2)
 
-    def save(self, tokens: Sequence[int] | np.ndarray, payload: Callable[[], bytes]) -> None:
-        """Write a state in the background; ``payload`` makes its bytes (on the writer thread) from a snapshot."""
+    def save(self, tokens: Sequence[int] | np.ndarray, payload: Callable[[], bytes | memoryview],
+             done: Callable[[], None] | None = None) -> None:
+        """Write a state in the background; ``payload`` makes its bytes (on the writer thread) from a snapshot.
+
+        ``done`` runs exactly once, when the payload is no longer needed: after the write, or at once when
+        the state is not saved (the caller lent memory it wants back).
+        """
+        finished = done or _nothing
         if not self.saving:
+            finished()
             return
         tokens = np.array(tokens, dtype=np.int64)
         with self._lock:
             try:
-                self._queue.put_nowait((tokens, payload))
+                self._queue.put_nowait((tokens, payload, finished))
             except queue.Full:
                 log.debug("prefix state writer busy; not saving a state of %d tokens", len(tokens))
+                finished()
                 return
             self._pending += 1
             # Covered at once, so the next turn does not queue the same prefix again.
@@ -290,17 +299,18 @@ class DiskStates:
             item = self._queue.get()
             if item is None:
                 return
-            tokens, payload = item
+            tokens, payload, finished = item
             try:
                 self.write(tokens, payload())
             except Exception:  # noqa: BLE001 - a failed save must never stop serving
                 log.warning("could not save a prefix state of %d tokens", len(tokens), exc_info=True)
             finally:
+                finished()
                 with self._lock:
                     self._queued.pop(tokens_hash(tokens), None)
                     self._pending -= 1
 
-    def write(self, tokens: np.ndarray, payload: bytes) -> Path | None:
+    def write(self, tokens: np.ndarray, payload: bytes | memoryview) -> Path | None:
         """Write one state now (atomically, within the byte limit); None when it was not written."""
         tokens = np.asarray(tokens, dtype=np.int64)
         token_bytes = tokens.astype("<i4").tobytes()
@@ -416,6 +426,10 @@ class DiskStates:
 
 
 _PROCESS_LOCK = threading.Lock()
+
+
+def _nothing() -> None:
+    """No memory to give back."""
 
 
 def folder_usage(folder: Path) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.anthropic.template import CHATML_TEMPLATE, END_OF_TURN_TEXTS
-from pensieve_server.engine import devices, llamacpp_log
+from pensieve_server.engine import devices, llamacpp_log, llamacpp_state
 from pensieve_server.engine.base import (
     Backend,
     EngineError,
@@ -84,6 +84,7 @@ class LlamaCppBackend(Backend):
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
         self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
+        self._state_buffer = llamacpp_state.StateBuffer()  # states on their way to the disk
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -206,6 +207,7 @@ class LlamaCppBackend(Backend):
                     return
                 llama.eval(tokens[start : start + N_BATCH].tolist())
             self._note_bytes_per_token()
+            self._reserve_state_room(len(tokens) + params.max_tokens, self._bytes_per_token)
             yield from self._decode(sampler, cached, cancel, n_ctx, self._constrained(params))
         except GeneratorExit:
             raise
@@ -292,19 +294,9 @@ class LlamaCppBackend(Backend):
         tokens = llama.input_ids[: llama.n_tokens].copy()
         if not len(tokens) or self._states.covers(tokens):
             return
-        data = self._sequence_state(llama.ctx, 0, self._states.limit_bytes)
+        data = llamacpp_state.copy_state(self._lib, llama.ctx, 0, self._states.limit_bytes)
         if data:
             self._states.add(tokens, data, len(data))
-
-    def _sequence_state(self, ctx: Any, seq_id: int, limit: int | None = None) -> bytes:
-        """A copy of one sequence's KV state (b"" when larger than ``limit``)."""
-        lib = self._lib
-        size = lib.llama_state_seq_get_size(ctx, seq_id)
-        if not size or (limit is not None and size > limit):
-            return b""
-        buf = (ctypes.c_uint8 * size)()
-        written = lib.llama_state_seq_get_data(ctx, buf, size, seq_id)
-        return bytes(memoryview(buf)[:written]) if written else b""
 
     # -- prefix states on disk -----------------------------------------------------------------------
     def disk_identity(self, weights: Path) -> dict[str, Any]:
@@ -328,7 +320,7 @@ class LlamaCppBackend(Backend):
         if candidate is None:
             return shared, None
         entry, disk_shared, payload = candidate
-        if not self._set_sequence_state(ctx, seq_id, payload):
+        if not llamacpp_state.set_state(self._lib, ctx, seq_id, payload):
             self._lib.llama_memory_seq_rm(self._lib.llama_get_memory(ctx), seq_id, -1, -1)
             if self.disk is not None:
                 self.disk.reject(entry, "llama.cpp did not accept its state")
@@ -342,21 +334,24 @@ class LlamaCppBackend(Backend):
         disk, llama = self.disk, self._llama
         if disk is None or self._closed or not disk.wants(llama.input_ids[: llama.n_tokens]):
             return
-        tokens = llama.input_ids[: llama.n_tokens].copy()
-        data = self._sequence_state(llama.ctx, 0)
-        if data:
-            disk.save(tokens, lambda: data)
+        self._lend_to_disk(llama.input_ids[: llama.n_tokens].copy(), llama.ctx, 0)
 
-    def _set_sequence_state(self, ctx: Any, seq_id: int, data: bytes) -> bool:
-        """Replace sequence ``seq_id``'s KV cells with a saved copy; False when llama.cpp refuses it."""
-        lib = self._lib
-        lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), seq_id, -1, -1)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        return bool(lib.llama_state_seq_set_data(ctx, buf, len(data), seq_id))
+    def _reserve_state_room(self, tokens: int, bytes_per_token: int) -> None:
+        """Prepare the buffer for a disk-bound state of ``tokens`` ahead of the copy (llamacpp_state.py)."""
+        disk = self.disk
+        if disk is not None and disk.saving and bytes_per_token and tokens >= disk.min_tokens:
+            self._state_buffer.reserve(min(tokens, self.info.context_length) * bytes_per_token)
+
+    def _lend_to_disk(self, tokens: Sequence[int] | np.ndarray, ctx: Any, seq_id: int) -> None:
+        """Copy sequence ``seq_id``'s state into the kept buffer and hand it to the disk writer."""
+        lent = self._state_buffer.lend(self._lib, ctx, seq_id)
+        if lent is not None and self.disk is not None:
+            view, give_back = lent
+            self.disk.save(tokens, lambda: view, done=give_back)
 
     def _restore(self, tokens: np.ndarray, data: bytes) -> None:
         llama = self._llama
-        if not self._set_sequence_state(llama.ctx, 0, data):
+        if not llamacpp_state.set_state(self._lib, llama.ctx, 0, data):
             self._reset_live()
             raise EngineError("llama.cpp could not restore a saved prompt cache state")
         llama.input_ids[: len(tokens)] = tokens

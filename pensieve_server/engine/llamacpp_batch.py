@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pensieve_server.engine import llamacpp_log
+from pensieve_server.engine import llamacpp_log, llamacpp_state
 from pensieve_server.engine.base import EngineError, ModelLoadError, PrefixMatch, SamplingParams, Step
 from pensieve_server.engine.batching import BatchingBackend
 from pensieve_server.engine.constraint import ConstrainedRun
@@ -57,6 +57,7 @@ class Running:
     constraint: ConstrainedRun | None = None
 
 
+OUTPUT_ROOM = 1024  # room for the answer in a state buffer reserved before its max_tokens is known
 PREFILL_SAMPLE_TOKENS = 64  # a step carrying at least this many prompt tokens measures prefill_tokens_per_s
 
 
@@ -157,6 +158,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._running[key] = Running(slot, make_sampler(params), self.info.context_length,
                                      tokens[keep:], keep, decoder, constraint=self._constrained(params))
+        self._reserve_state_room(len(tokens) + params.max_tokens, self._kv_bytes_per_token)
         return PrefixMatch(keep, min(self.restored_from_disk, keep))
 
     def release(self, key: Hashable) -> None:
@@ -275,9 +277,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         disk = self.disk
         if disk is None or self._closed or slot.copy_pending or not disk.wants(slot.tokens):
             return  # (a copy still pending: the slot's KV data is not there yet)
-        data = self._sequence_state(self._ctx, slot.seq_id)
-        if data:
-            disk.save(list(slot.tokens), lambda: data)
+        self._lend_to_disk(list(slot.tokens), self._ctx, slot.seq_id)
 
     def _reset_all(self) -> None:
         self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
@@ -288,8 +288,11 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if not self._kv_bytes_per_token:
             slot = max(self._slots, key=lambda s: len(s.tokens))
             if len(slot.tokens) >= 16:
-                size = self._lib.llama_state_seq_get_size(self._ctx, slot.seq_id)
+                size = llamacpp_state.state_size(self._lib, self._ctx, slot.seq_id)
                 self._kv_bytes_per_token = size // len(slot.tokens)
+                for running in self._running.values():  # admitted before the size was known
+                    self._reserve_state_room(len(running.slot.tokens) + len(running.pending) + OUTPUT_ROOM,
+                                             self._kv_bytes_per_token)
 
     def cache_bytes(self) -> int:
         if self._closed:

@@ -58,6 +58,7 @@ class Prepared:
     fit_actions: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # what the client should know (x-pensieve-notice)
     forwarded: bool = False  # the answer's events and usage come from another server, as it reported them
+    prepare_s: float = 0.0  # loading (a first request), parsing, fitting, rendering, tokenizing: logged
 
     @property
     def model_name(self) -> str:

@@ -55,7 +55,7 @@ def test_logs_show_a_line_per_request(capsys: pytest.CaptureFixture[str]) -> Non
     line = next(line for line in out.splitlines() if f"request {answered.headers['request-id']} " in line)
     assert " INFO " in line and "model=claude-3-5-haiku-latest local=smollm2-135m engine=llamacpp" in line
     assert f"prompt={usage['input_tokens'] + usage['cache_read_input_tokens']} " in line
-    assert f"output={usage['output_tokens']} " in line and "queue=" in line and "ttft=" in line
+    assert f"output={usage['output_tokens']} " in line and "queue=" in line and "ttft=" in line and "prepare=" in line
     assert f"stop={answered.json()['stop_reason']}" in line
     refusal = next(line for line in out.splitlines() if f"request {refused.headers['request-id']} " in line)
     assert "rejected: 400 invalid_request_error" in refusal

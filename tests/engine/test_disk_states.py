@@ -103,6 +103,34 @@ def test_background_save_and_flush(tmp_path: Path) -> None:
     disk.close()
 
 
+def test_lent_memory_comes_back_once_after_the_write_or_at_once_when_not_saved(tmp_path: Path) -> None:
+    """The engine lends its state buffer to the writer (llamacpp_state.StateBuffer): it must get it back
+    exactly once, after the file is on disk, or at once when the state is not saved at all."""
+    disk = store(tmp_path / "a")
+    returned: list[int] = []
+    disk.save(tokens(30), lambda: memoryview(payload_for(tokens(30))),
+              done=lambda: returned.append(len(files(tmp_path / "a"))))
+    assert disk.flush(30)
+    assert returned == [1], "given back once, with the file written"
+    disk.close()
+    off = store(tmp_path / "b", limit=0)
+    off.save(tokens(30), lambda: payload_for(tokens(30)), done=lambda: returned.append(-1))
+    assert returned == [1, -1], "not saving: given back at once"
+    busy = store(tmp_path / "c")
+    gate, taken = threading.Event(), threading.Event()
+    busy.save(tokens(30), lambda: (taken.set(), gate.wait(30), payload_for(tokens(30)))[2])  # the writer waits
+    assert taken.wait(30)
+    for start in (100, 200):  # the queue (2) fills up behind it
+        busy.save(tokens(30, start), lambda s=start: payload_for(tokens(30, s)), done=lambda: returned.append(0))
+    busy.save(tokens(30, 300), lambda: payload_for(tokens(30, 300)), done=lambda: returned.append(-2))
+    assert returned[-1] == -2, "writer busy and queue full: given back at once"
+    assert returned.count(0) == 0, "the queued ones are still lent"
+    gate.set()
+    assert busy.flush(30)
+    assert returned.count(0) == 2, "each queued one after its write"
+    busy.close()
+
+
 @pytest.mark.parametrize("damage", ["flip_payload", "truncate_payload", "truncate_header", "foreign_format",
                                     "other_identity", "garbage", "empty"])
 def test_damaged_files_are_skipped_once_and_never_served(tmp_path: Path, damage: str,

