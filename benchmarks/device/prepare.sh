@@ -14,7 +14,14 @@ if ! gpu_llama 2>/dev/null; then
   W=$(ls /tmp/wheels/llama_cpp_python-0.3.36-*.whl 2>/dev/null | head -1)
   if [ -n "$W" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$W"; fi
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $A/whl/*.whl || exit 1
+# llguidance >= 1.7 (Pensieve's floor) is built for glibc 2.31+; where it does not install, the 1.6.1 kept in
+# whl-fallback goes in instead (constrained decoding then turns itself off, once).
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $A/whl/*.whl; then
+  echo "llguidance from whl/ did not install: using whl-fallback/" | tee -a $OUT/gpu.txt
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $(ls $A/whl/*.whl | grep -v llguidance) $A/whl-fallback/*.whl || exit 1
+fi
+ldd --version | head -1 | tee -a $OUT/gpu.txt
 if ! gpu_llama; then
   echo "building llama-cpp-python with CUDA" | tee $OUT/build-summary.txt
   mkdir -p /tmp/build && tar xzf $A/llama_cpp_python-0.3.36-slim.tar.gz -C /tmp/build || exit 1

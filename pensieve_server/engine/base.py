@@ -219,6 +219,10 @@ class Backend(ABC):
     def idle_work(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Do that work: the worker calls it once no request has come for a moment (scheduler.IDLE_WORK_AFTER_S)."""
 
+    def prepare_constraints(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Start building what constrained decoding needs (llguidance's view of the vocabulary), so the
+        first request with tools does not wait for it; called once the model is loaded."""
+
     def attach_disk(self, disk: DiskStates) -> None:
         """Save long prefixes' states to ``disk`` and restore them from it (see engine/disk_states.py)."""
         self.disk = disk

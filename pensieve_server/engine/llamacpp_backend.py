@@ -243,9 +243,15 @@ class LlamaCppBackend(Backend):
     def _constrained(self, params: SamplingParams) -> ConstrainedRun | None:
         if params.constraint is None:
             return None
+        return self._token_grammars().start(params.constraint)
+
+    def _token_grammars(self) -> TokenGrammars:
         if self._grammars is None:
             self._grammars = TokenGrammars(self._ll_tokenizer, self._llama.n_vocab())
-        return self._grammars.start(params.constraint)
+        return self._grammars
+
+    def prepare_constraints(self) -> None:
+        self._token_grammars().build_in_background()
 
     def _ll_tokenizer(self) -> Any:
         import warnings

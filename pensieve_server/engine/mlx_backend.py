@@ -304,9 +304,7 @@ class MlxBackend(Backend):
         """
         if params.constraint is None:
             return None
-        if self._grammars is None:
-            self._grammars = TokenGrammars(self._ll_tokenizer, 0)
-        run = self._grammars.start(params.constraint)
+        run = self._token_grammars().start(params.constraint)
         if run is None:
             return None
         import mlx.core as mx
@@ -322,6 +320,14 @@ class MlxBackend(Backend):
             return logits if mask is None else mx.where(mx.array(mask), logits, -mx.inf)
 
         return process
+
+    def _token_grammars(self) -> TokenGrammars:
+        if self._grammars is None:
+            self._grammars = TokenGrammars(self._ll_tokenizer, 0)
+        return self._grammars
+
+    def prepare_constraints(self) -> None:
+        self._token_grammars().build_in_background()
 
     def _ll_tokenizer(self) -> Any:
         from llguidance.hf import from_tokenizer

@@ -155,6 +155,7 @@ class ModelPool:
         from pensieve_server.engine.disk_states import attach_disk_states
 
         attach_disk_states(backend, entry.weights, self.settings.paths.prefix_states_dir, self.settings.disk_cache_bytes)
+        backend.prepare_constraints()
         return LoadedModel(entry, engine, backend, make_scheduler(backend, self.settings.queue_size))
 
     def load_backend(self, entry: ModelEntry, engine: str) -> Backend:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -182,3 +183,45 @@ def test_off_grammar_text_after_the_trigger_falls_back_to_checking_after() -> No
     run = grammars().start(tool_call_constraint(claude_code_tools("Bash"), {"type": "auto"}))
     run.accept(1, b"<tool_call> hello")
     assert run.failed and run.allowed() is None
+
+
+def test_a_vocabulary_llguidance_cannot_read_turns_constraints_off_once_not_per_request(caplog) -> None:
+    """An llguidance older than 1.7 refused several end tokens: every request then paid the tokenizer
+    build again (0.14 s on an H200 host) and logged it again."""
+    calls: list[int] = []
+
+    def broken() -> LLTokenizer:
+        calls.append(1)
+        raise TypeError("argument 'eos_token': 'list' object cannot be interpreted as an integer")
+
+    model = TokenGrammars(broken, EOS + 1)
+    constraint = tool_call_constraint(claude_code_tools("Read"), {"type": "any"})
+    with caplog.at_level(logging.INFO, logger="pensieve_server.engine.constraint"):
+        runs = [model.start(constraint) for _ in range(3)]
+    assert runs == [None, None, None], "requests go on unconstrained"
+    assert calls == [1], "built once"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "llguidance >= 1.7" in warnings[0].getMessage()
+
+
+def test_the_tokenizer_is_built_in_the_background_and_a_request_meanwhile_waits_for_it() -> None:
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow() -> LLTokenizer:
+        calls.append(1)
+        started.set()
+        release.wait(30)
+        return LLTokenizer(TokenizerWrapper(_Bytes()))
+
+    model = TokenGrammars(slow, EOS + 1)
+    model.build_in_background()
+    assert started.wait(30), "building before any request"
+    runs: list = []
+    request = threading.Thread(target=lambda: runs.append(model.start(tool_call_constraint(claude_code_tools("Read"), {"type": "any"}))))
+    request.start()
+    request.join(0.2)
+    assert request.is_alive(), "the request waits for the build in flight"
+    release.set()
+    request.join(30)
+    assert runs and runs[0] is not None and runs[0].allowed() is not None
+    assert calls == [1], "one build, shared"
