@@ -12,7 +12,6 @@ import codecs
 import ctypes
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pensieve_server.anthropic.template import CHATML_TEMPLATE, END_OF_TURN_TEXTS
-from pensieve_server.engine import devices, llamacpp_log, llamacpp_state
+from pensieve_server.engine import devices, llamacpp_log, llamacpp_state, token_fragments
 from pensieve_server.engine.base import (
     Backend,
     EngineError,
@@ -39,11 +38,11 @@ from pensieve_server.engine.saved_states import (
     prompt_keep,
     worth_saving,
 )
+from pensieve_server.engine.token_fragments import FragmentTokens
 from pensieve_server.models.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
-TOKENIZED_TEXTS = 8  # texts whose tokens tokenize() remembers
 N_BATCH = 512
 
 
@@ -79,10 +78,11 @@ class LlamaCppBackend(Backend):
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self._states: SavedStates[bytes] = SavedStates(cache_bytes_limit)
         self._pieces: dict[int, bytes] = {}
-        self._tokenized: OrderedDict[str, list[int]] = OrderedDict()
+        self._fragments = FragmentTokens(self._tokenize_whole, {})  # set up by _split_at_markers()
         self._bytes_per_token = 0
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
+        self._split_at_markers()
         self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
         self._state_buffer = llamacpp_state.StateBuffer()  # states on their way to the disk
 
@@ -156,19 +156,31 @@ class LlamaCppBackend(Backend):
 
     # -- tokens ------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        """Tokens of ``text``, remembered for the last few texts: fitting a request counts the rendered
-        prompt and then tokenizes that same text again, and a repeated request (a retry, or Claude
-        Code's prompt with only its billing line changed) renders to the same text. Tokenizing a
-        20k-token Claude Code prompt takes 0.1-0.2 s, which dominated the warm turn on a GPU."""
-        memo = self._tokenized
-        tokens = memo.get(text)
-        if tokens is None:
-            tokens = memo[text] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-            while len(memo) > TOKENIZED_TEXTS:
-                memo.popitem(last=False)
-        else:
-            memo.move_to_end(text)
-        return list(tokens)
+        """Tokens of ``text``, piece by piece between turn markers, each piece remembered
+        (token_fragments.py: a new Claude Code turn tokenizes only its new messages)."""
+        return list(self._fragments.tokenize(text))
+
+    def _tokenize_whole(self, text: str) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _split_at_markers(self) -> None:
+        """Split texts at the vocabulary's control tokens (those that keep the whitespace around them),
+        once checked to give the whole text's tokens on conversations written with them."""
+        lib, vocab = self._lib, self._vocab
+        strips = lib.LLAMA_TOKEN_ATTR_LSTRIP | lib.LLAMA_TOKEN_ATTR_RSTRIP
+        wanted = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        markers: dict[str, int] = {}
+        for token in range(self._llama.n_vocab()):
+            attr = lib.llama_vocab_get_attr(vocab, token)
+            if attr & wanted and not attr & strips:
+                text = self._piece_bytes(token, special=True).decode("utf-8", errors="replace")
+                if text and self._tokenize_whole(text) == [token]:
+                    markers.setdefault(text, token)
+        samples = [token_fragments.PROBE, "".join(f"\n{m}\n hi  {m}x {m}\n\n" for m in markers)]
+        if markers and not token_fragments.splits_cleanly(self._tokenize_whole, markers, samples):
+            log.info("tokenizing whole prompts: splitting at this model's markers changes its tokens")
+            markers = {}
+        self._fragments = FragmentTokens(self._tokenize_whole, markers)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", errors="replace")
@@ -348,12 +360,18 @@ class LlamaCppBackend(Backend):
         if disk is not None and disk.saving and bytes_per_token and tokens >= disk.min_tokens:
             self._state_buffer.reserve(min(tokens, self.info.context_length) * bytes_per_token)
 
-    def _lend_to_disk(self, tokens: Sequence[int] | np.ndarray, ctx: Any, seq_id: int) -> None:
-        """Copy sequence ``seq_id``'s state into the kept buffer and hand it to the disk writer."""
+    def _lend_to_disk(self, tokens: Sequence[int] | np.ndarray, ctx: Any, seq_id: int) -> bool:
+        """Copy sequence ``seq_id``'s state into the kept buffer and hand it to the disk writer; False
+        when the buffer is still lent to the previous write (nothing copied)."""
+        if self.disk is None:
+            return True
+        if self._state_buffer.busy:
+            return False
         lent = self._state_buffer.lend(self._lib, ctx, seq_id)
-        if lent is not None and self.disk is not None:
+        if lent is not None:
             view, give_back = lent
             self.disk.save(tokens, lambda: view, done=give_back)
+        return True
 
     def _restore(self, tokens: np.ndarray, data: bytes) -> None:
         llama = self._llama

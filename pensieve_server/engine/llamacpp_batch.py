@@ -133,7 +133,9 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         slot = self._pick(free, tokens)
         shared = self._shared(slot, tokens)
         if slot.offer_pending and self.disk is not None and len(slot.tokens) - shared >= self.disk.save_step:
-            self._offer_slot_to_disk(slot)  # this prompt would discard much of a state not yet offered
+            # This prompt would discard much of a state not yet offered: copied now if the buffer is
+            # free (milliseconds), else done without, rather than delaying this request.
+            self._offer_slot_to_disk(slot)
         slot.offer_pending = False  # else what it keeps is offered, extended, when this request ends
         donor = max(self._slots, key=lambda s: self._shared(s, tokens))
         from_donor = self._shared(donor, tokens) if donor is not slot else 0
@@ -172,11 +174,11 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         return self.disk is not None and any(slot.offer_pending and not slot.busy for slot in self._slots)
 
     def idle_work(self) -> None:
-        """Offer the states of finished requests to the disk store (a copy of their KV cells)."""
+        """Offer the states of finished requests to the disk store (a copy of their KV cells); one the
+        buffer cannot take yet (a write in flight) waits for the next idle moment."""
         for slot in self._slots:
-            if slot.offer_pending and not slot.busy:
+            if slot.offer_pending and not slot.busy and self._offer_slot_to_disk(slot):
                 slot.offer_pending = False
-                self._offer_slot_to_disk(slot)
 
     def active(self) -> int:
         return len(self._running)
@@ -273,11 +275,12 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
             return 0
         return common_prefix(np.asarray(slot.tokens, dtype=np.intc), np.asarray(tokens, dtype=np.intc))
 
-    def _offer_slot_to_disk(self, slot: Slot) -> None:
+    def _offer_slot_to_disk(self, slot: Slot) -> bool:
+        """Offer ``slot``'s state to the disk store; False when it has to wait for the buffer."""
         disk = self.disk
         if disk is None or self._closed or slot.copy_pending or not disk.wants(slot.tokens):
-            return  # (a copy still pending: the slot's KV data is not there yet)
-        self._lend_to_disk(list(slot.tokens), self._ctx, slot.seq_id)
+            return True  # (a copy still pending: the slot's KV data is not there yet)
+        return self._lend_to_disk(list(slot.tokens), self._ctx, slot.seq_id)
 
     def _reset_all(self) -> None:
         self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
@@ -303,7 +306,9 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if not self._closed:
             for key in list(self._running):
                 self.release(key)
-            self.idle_work()  # states not yet offered go to the disk before the context is freed
+            for slot in self._slots:  # states not yet offered go to the disk before the context is freed
+                if slot.offer_pending and self.disk is not None and self.disk.flush(30):
+                    slot.offer_pending = not self._offer_slot_to_disk(slot)
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
         super().close()
