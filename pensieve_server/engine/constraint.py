@@ -46,6 +46,7 @@ class TokenGrammars:
         self._tokenizer: Any = None
         self._failure: str | None = None
         self._building = threading.Lock()
+        self._builder: threading.Thread | None = None
         self.vocab_size = vocab_size
         self._compiled: OrderedDict[str, Any] = OrderedDict()
 
@@ -66,7 +67,13 @@ class TokenGrammars:
 
     def build_in_background(self) -> None:
         """Build the tokenizer on a helper thread (a request that needs it meanwhile waits for it)."""
-        threading.Thread(target=self._build_quietly, name="grammar-tokenizer", daemon=True).start()
+        self._builder = threading.Thread(target=self._build_quietly, name="grammar-tokenizer", daemon=True)
+        self._builder.start()
+
+    def wait_for_build(self) -> None:
+        """Wait for a build in flight: it reads the model's vocabulary, which must outlive it."""
+        if self._builder is not None:
+            self._builder.join()
 
     def _build_quietly(self) -> None:
         with contextlib.suppress(GrammarsUnavailable):

@@ -399,6 +399,8 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._grammars is not None:
+                self._grammars.wait_for_build()  # it reads the vocabulary freed below
             if self.disk is not None:
                 self.disk.close()
             self._states.clear()

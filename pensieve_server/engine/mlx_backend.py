@@ -479,6 +479,8 @@ class MlxBackend(Backend):
     def close(self) -> None:
         if not self._closed:
             _finish_pending_work()
+            if self._grammars is not None:
+                self._grammars.wait_for_build()
             if self.disk is not None:
                 self.disk.close()
             self._closed = True

@@ -28,3 +28,14 @@ def test_a_loaded_model_builds_its_grammar_tokenizer_before_any_request() -> Non
         assert grammars._tokenizer is not None
     finally:
         pool.close()
+
+
+def test_closing_a_model_while_its_tokenizer_is_built_waits_for_the_build() -> None:
+    """The build reads the model's vocabulary: freeing the model under it aborted the process."""
+    settings = load_settings({"engine": "llamacpp", "context_length": 2048})
+    for _ in range(3):
+        pool = ModelPool(settings, ModelStore(settings.paths.models_dir))
+        backend = pool.get(EMBEDDED_NAME).backend
+        pool.close()  # at once: the build is still running
+        builder = backend._grammars._builder
+        assert builder is not None and not builder.is_alive()
