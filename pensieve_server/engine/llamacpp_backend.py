@@ -83,7 +83,7 @@ class LlamaCppBackend(Backend):
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
         self._split_at_markers()
-        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
+        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary (prepare_constraints)
         self._state_buffer = llamacpp_state.StateBuffer()  # states on their way to the disk
 
     # -- loading -----------------------------------------------------------------------------------

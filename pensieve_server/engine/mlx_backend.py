@@ -102,7 +102,7 @@ class MlxBackend(Backend):
         self._stop_tokens = self._find_stop_tokens()
         self._bytelevel = _decoder_kind(self._hf) == "bytelevel"
         self._pieces: dict[int, bytes] = {}
-        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary, built on first use
+        self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary (prepare_constraints)
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
