@@ -74,7 +74,7 @@ def server_line(log: Path, request_id: str) -> dict[str, Any]:
 
 
 def send(client: httpx.Client, body: dict[str, Any], path: str, headers: dict[str, str]) -> tuple[float | None, str]:
-    """Client-side TTFT and the request id the server gave (read from a non-streamed header probe)."""
+    """Client-side TTFT and the request id the server gave (its `request-id` response header)."""
     request_ids: list[str] = []
 
     def hook(response: httpx.Response) -> None:
