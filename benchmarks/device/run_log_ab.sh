@@ -20,24 +20,8 @@ for T in ${TEMPERATURES:-0.2 0}; do
   fi
 done
 
-if fits 90 "run.py new"; then
-  echo "== run.py new: raw-llamacpp vs pensieve-llamacpp" | tee -a $S
-  (cd /tmp/new && timeout $(( $(left) - 5 < 200 ? $(left) - 5 : 200 )) python3 -c "import llama_cpp, runpy, sys; sys.argv = ['benchmarks/run.py'] + sys.argv[1:]; runpy.run_path('benchmarks/run.py', run_name='__main__')" \
-    --machine h200-new --out /tmp/results-new --max-tokens 256 --contenders raw-llamacpp,pensieve-llamacpp > /tmp/run-new.log 2>&1)
-  echo "rc=$?" | tee -a $S
-  grep -B2 -A12 "Concurrent streams\|Single requests\|Claude Code request" /tmp/results-new/*.md | tee -a $S
-  cp /tmp/results-new/*.md $OUT/run-new.md 2>/dev/null; cp /tmp/results-new/*.json $OUT/run-new.json 2>/dev/null
-  tail -8 /tmp/run-new.log | tee -a $S
-fi
-
-if [ -d /tmp/base ] && fits 80 "run.py base"; then  # Pensieve alone on the code before, same session
-  echo "== run.py base: pensieve-llamacpp" | tee -a $S
-  (cd /tmp/base && timeout $(( $(left) - 5 < 150 ? $(left) - 5 : 150 )) python3 -c "import llama_cpp, runpy, sys; sys.argv = ['benchmarks/run.py'] + sys.argv[1:]; runpy.run_path('benchmarks/run.py', run_name='__main__')" \
-    --machine h200-base --out /tmp/results-base --max-tokens 256 --contenders pensieve-llamacpp > /tmp/run-base.log 2>&1)
-  echo "rc=$?" | tee -a $S
-  grep -B2 -A12 "Concurrent streams\|Single requests\|Claude Code request" /tmp/results-base/*.md | tee -a $S
-  cp /tmp/results-base/*.md $OUT/run-base.md 2>/dev/null; cp /tmp/results-base/*.json $OUT/run-base.json 2>/dev/null
-fi
+runpy new raw-llamacpp,pensieve-llamacpp 200
+runpy base pensieve-llamacpp 150  # Pensieve alone on the code before, same session
 
 if fits 60 "py-spy of new"; then
   echo "== py-spy, new, 4 streams" | tee -a $S

@@ -24,18 +24,6 @@ probe new new
 probe new new-spy --py-spy /tmp/spy-new
 (cd /tmp && tar czf $OUT/spy.tgz spy-new* 2>/dev/null)
 
-runpy() {  # runpy <snapshot> <contenders> <max seconds>
-  local v=$1 who=$2 most=$3
-  if [ -d /tmp/$v ] && fits 90 "run.py $v"; then
-    echo "== run.py $v: $who" | tee -a $S
-    (cd /tmp/$v && timeout $(( $(left) - 5 < most ? $(left) - 5 : most )) python3 -c "import llama_cpp, runpy, sys; sys.argv = ['benchmarks/run.py'] + sys.argv[1:]; runpy.run_path('benchmarks/run.py', run_name='__main__')" \
-      --machine h200-$v --out /tmp/results-$v --max-tokens 256 --contenders $who > /tmp/run-$v.log 2>&1)
-    echo "rc=$?" | tee -a $S
-    grep -B2 -A12 "Concurrent streams\|Single requests\|Claude Code request" /tmp/results-$v/*.md | tee -a $S
-    cp /tmp/results-$v/*.md $OUT/run-$v.md 2>/dev/null; cp /tmp/results-$v/*.json $OUT/run-$v.json 2>/dev/null
-    tail -8 /tmp/run-$v.log | tee -a $S
-  fi
-}
 runpy new raw-llamacpp,pensieve-llamacpp 220
 runpy base pensieve-llamacpp 150
 echo "done in $(( $(date +%s) - START )) s" | tee -a $S

@@ -78,11 +78,10 @@ class LlamaCppBackend(Backend):
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self._states: SavedStates[bytes] = SavedStates(cache_bytes_limit)
         self._pieces: dict[int, bytes] = {}
-        self._fragments = FragmentTokens(self._tokenize_whole, {})  # set up by _split_at_markers()
         self._bytes_per_token = 0
         self._closed = False
         self._stop_tokens = self._find_stop_tokens()
-        self._split_at_markers()
+        self._fragments = FragmentTokens(self._tokenize_whole, self._turn_markers())
         self._grammars: TokenGrammars | None = None  # llguidance's view of the vocabulary (prepare_constraints)
         self._state_buffer = llamacpp_state.StateBuffer()  # states on their way to the disk
 
@@ -163,9 +162,9 @@ class LlamaCppBackend(Backend):
     def _tokenize_whole(self, text: str) -> list[int]:
         return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def _split_at_markers(self) -> None:
-        """Split texts at the vocabulary's control tokens (those that keep the whitespace around them),
-        once checked to give the whole text's tokens on conversations written with them."""
+    def _turn_markers(self) -> dict[str, int]:
+        """Where texts are split: the vocabulary's control tokens that keep the whitespace around them,
+        once checked to give the whole text's tokens on conversations written with them (else none)."""
         lib, vocab = self._lib, self._vocab
         strips = lib.LLAMA_TOKEN_ATTR_LSTRIP | lib.LLAMA_TOKEN_ATTR_RSTRIP
         wanted = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -179,8 +178,8 @@ class LlamaCppBackend(Backend):
         samples = [token_fragments.PROBE, "".join(f"\n{m}\n hi  {m}x {m}\n\n" for m in markers)]
         if markers and not token_fragments.splits_cleanly(self._tokenize_whole, markers, samples):
             log.info("tokenizing whole prompts: splitting at this model's markers changes its tokens")
-            markers = {}
-        self._fragments = FragmentTokens(self._tokenize_whole, markers)
+            return {}
+        return markers
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self._piece_bytes(t, special=True) for t in tokens).decode("utf-8", errors="replace")

@@ -176,9 +176,15 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
     def idle_work(self) -> None:
         """Offer the states of finished requests to the disk store (a copy of their KV cells); one the
         buffer cannot take yet (a write in flight) waits for the next idle moment."""
+        self._offer_finished(wait_for_writer=False)
+
+    def _offer_finished(self, wait_for_writer: bool) -> None:
         for slot in self._slots:
-            if slot.offer_pending and not slot.busy and self._offer_slot_to_disk(slot):
-                slot.offer_pending = False
+            if slot.offer_pending and not slot.busy:
+                if wait_for_writer and self.disk is not None:
+                    self.disk.flush(30)  # the buffer comes back when the write in flight ends
+                if self._offer_slot_to_disk(slot):
+                    slot.offer_pending = False
 
     def active(self) -> int:
         return len(self._running)
@@ -306,9 +312,7 @@ class LlamaCppBatchBackend(BatchingBackend, LlamaCppBackend):
         if not self._closed:
             for key in list(self._running):
                 self.release(key)
-            for slot in self._slots:  # states not yet offered go to the disk before the context is freed
-                if slot.offer_pending and self.disk is not None and self.disk.flush(30):
-                    slot.offer_pending = not self._offer_slot_to_disk(slot)
+            self._offer_finished(wait_for_writer=True)  # states not yet offered, before the context is freed
             self._lib.llama_batch_free(self._batch)
             self._lib.llama_free(self._ctx)
         super().close()

@@ -29,9 +29,10 @@ def state_size(lib: Any, ctx: Any, seq_id: int) -> int:
     return int(lib.llama_state_seq_get_size(ctx, seq_id))
 
 
-def copy_state(lib: Any, ctx: Any, seq_id: int, limit: int | None = None) -> bytes:
-    """An owned copy of one sequence's KV state (b"" when empty or larger than ``limit``)."""
-    size = state_size(lib, ctx, seq_id)
+def copy_state(lib: Any, ctx: Any, seq_id: int, limit: int | None = None, size: int | None = None) -> bytes:
+    """An owned copy of one sequence's KV state (b"" when empty or larger than ``limit``); ``size``: its
+    state_size() when the caller has it already (llama.cpp computes it by a dry run of the copy)."""
+    size = state_size(lib, ctx, seq_id) if size is None else size
     if not size or (limit is not None and size > limit):
         return b""
     buf = _unzeroed(size)
@@ -99,7 +100,7 @@ class StateBuffer:
         if not size:
             return None
         if size > KEEP_MAX_BYTES:
-            data = copy_state(lib, ctx, seq_id)
+            data = copy_state(lib, ctx, seq_id, size=size)
             return (memoryview(data), _nothing) if data else None
         with self._lock:
             if self._lent:

@@ -35,8 +35,8 @@ class FragmentTokens:
         self._chars = 0
 
     def tokenize(self, text: str) -> list[int]:
-        if self._pattern is None:
-            return self._tokenize(text)
+        if self._pattern is None:  # no markers: whole texts, remembered (fitting counts, then tokenizes)
+            return self._piece(text)
         tokens: list[int] = []
         for piece in self._pattern.split(text):
             if not piece:

@@ -81,3 +81,11 @@ def test_gpu_layers_match_this_build(backend: LlamaCppBackend) -> None:
         assert layers["offloaded"] == 0
     else:  # a GPU build on a machine with its GPU: every layer there
         assert layers["requested"] == -1 and layers["offloaded"] == layers["total"]
+
+
+def test_without_markers_whole_texts_are_remembered() -> None:
+    """Fitting counts a rendered prompt, then the engine tokenizes that same text: once is enough."""
+    calls: list[str] = []
+    memo = FragmentTokens(lambda text: (calls.append(text), [ord(c) for c in text])[1], {})
+    assert memo.tokenize("abc") == memo.tokenize("abc") == [97, 98, 99]
+    assert calls == ["abc"]
